@@ -1,0 +1,52 @@
+//! API configuration: one clap struct, each flag also an `IMGFLEET_*` environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiConfig {
+    /// Address to listen on (0.0.0.0 to accept connections from other machines).
+    #[arg(long, env = "IMGFLEET_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "IMGFLEET_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Directory holding the embedded state (jobs, dedup) and vector store (collections).
+    #[arg(long, env = "IMGFLEET_DATA_DIR", default_value = "imgfleet-data")]
+    pub data_dir: PathBuf,
+
+    /// Collection used until another is selected; created at start if missing.
+    #[arg(long, env = "IMGFLEET_COLLECTION", default_value = "images")]
+    pub collection: String,
+
+    /// Vector size of collections created without one (512 = CLIP ViT-B/32).
+    #[arg(long, env = "IMGFLEET_VECTOR_SIZE", default_value_t = 512)]
+    pub vector_size: usize,
+
+    /// API key required in the `x-api-key` header of `/api/v1` requests; repeat the flag (or
+    /// comma-separate the variable) for several. None: the API is open.
+    #[arg(long = "api-key", env = "IMGFLEET_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "IMGFLEET_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "IMGFLEET_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl ApiConfig {
+    /// The configuration as logged at start: secrets replaced by their count.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.clone();
+        let keys = shown.api_keys.len();
+        shown.api_keys = Vec::new();
+        format!("{shown:?}").replace("api_keys: []", &format!("api_keys: <{keys} hidden>"))
+    }
+}

@@ -1,0 +1,113 @@
+//! One error type for every handler, one JSON shape for every error:
+//! `{"error": {"code": "...", "message": "..."}}` with a stable `code`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use imgfleet_shared::filter::FilterError;
+use imgfleet_shared::ports::{EncoderError, StateError, VectorError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_json`, `invalid_request`, `not_found`,
+    /// `collection_exists`, `payload_too_large`, `unauthorized`, `unsupported_media_type`,
+    /// `method_not_allowed`, `overloaded`, `unavailable`, `internal`.
+    pub code: String,
+    /// What went wrong and how to fix it.
+    pub message: String,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    /// The request is well-formed but its values are not acceptable (422).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<VectorError> for AppError {
+    fn from(e: VectorError) -> Self {
+        match e {
+            VectorError::CollectionNotFound(name) => Self::not_found(format!(
+                "collection {name:?} not found; GET /api/v1/collections lists them"
+            )),
+            VectorError::CollectionExists(name) => {
+                Self::new(StatusCode::CONFLICT, "collection_exists", format!("collection {name:?} already exists"))
+            }
+            VectorError::Invalid(m) => Self::invalid(m),
+            VectorError::Unavailable(m) => Self::unavailable(m),
+            VectorError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+impl From<StateError> for AppError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::JobNotFound(id) => Self::not_found(format!("job {id:?} not found")),
+            StateError::JobExists(id) => Self::new(StatusCode::CONFLICT, "job_exists", format!("job {id:?} already exists")),
+            StateError::Unavailable(m) => Self::unavailable(m),
+            StateError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+impl From<EncoderError> for AppError {
+    fn from(e: EncoderError) -> Self {
+        match e {
+            EncoderError::Invalid(m) => Self::invalid(m),
+            EncoderError::Overloaded => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "the encoder is busy; retry shortly")
+            }
+            EncoderError::Unavailable(m) => Self::unavailable(m),
+            EncoderError::Internal(m) => Self::internal(m),
+        }
+    }
+}
+
+impl From<FilterError> for AppError {
+    fn from(e: FilterError) -> Self {
+        Self::invalid(e.to_string())
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

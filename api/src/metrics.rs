@@ -1,0 +1,48 @@
+//! API metrics: requests by route, method and status, and their latency.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use imgfleet_shared::metrics::register;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+
+pub struct ApiMetrics {
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+}
+
+pub static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
+    requests: register(
+        IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests answered, by route, method and status"),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric"),
+    ),
+    latency: register(
+        HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency, by route")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route"],
+        )
+        .expect("valid metric"),
+    ),
+});
+
+/// Middleware: counts and times every request under its route template (never the raw path,
+/// which would make one series per id).
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    METRICS.latency.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
+    METRICS.requests.with_label_values(&[&route, &method, response.status().as_str()]).inc();
+    response
+}

@@ -1,0 +1,58 @@
+//! The OpenAPI document, generated from the handlers' own types, and a page that renders it.
+
+use axum::response::Html;
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::OpenApi;
+
+use crate::routes::{collections, duplicates, health, images, search};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "imgfleet", description = "Searchable, de-duplicated, captioned image collections."),
+    paths(
+        collections::list_collections, collections::create_collection, collections::get_collection,
+        collections::delete_collection, collections::select_collection, collections::clear_cache,
+        search::search,
+        images::list_images, images::get_image, images::random_image,
+        duplicates::find_duplicates,
+        health::healthz, health::readyz, health::metrics,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&ApiKeyScheme),
+)]
+pub struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))));
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route("/docs", get(|| async { Html(DOCS_PAGE) }))
+}
+
+/// Renders `/api/v1/openapi.json` with Redoc, whose script the browser loads from its CDN
+/// (the JSON document itself is served locally and works offline).
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>imgfleet API</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+</head>
+<body>
+<noscript>The raw OpenAPI document is at <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</noscript>
+<redoc spec-url="/api/v1/openapi.json"></redoc>
+<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
+</body>
+</html>
+"#;

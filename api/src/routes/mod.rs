@@ -1,0 +1,6 @@
+pub mod collections;
+pub mod docs;
+pub mod duplicates;
+pub mod health;
+pub mod images;
+pub mod search;

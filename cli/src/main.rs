@@ -1,0 +1,30 @@
+//! `imgfleet`: parse the command line, start telemetry, hand over to the library.
+
+use clap::{Parser, Subcommand};
+use imgfleet_api::ApiConfig;
+
+/// Turn folders of images into a searchable, de-duplicated, captioned collection.
+#[derive(Parser, Debug)]
+#[command(name = "imgfleet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run everything in this process: the API on an embedded queue, state file and vector
+    /// store under --data-dir.
+    Serve(ApiConfig),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => {
+            imgfleet_shared::telemetry::init(config.log_json);
+            imgfleet_api::run(config).await
+        }
+    }
+}

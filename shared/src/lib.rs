@@ -1,0 +1,13 @@
+//! imgfleet-shared: what every imgfleet process agrees on — domain types, the filter language,
+//! queue names and messages, the four ports and their adapters, telemetry and metrics.
+
+pub mod adapters;
+pub mod domain;
+pub mod filter;
+pub mod messages;
+pub mod metrics;
+pub mod names;
+pub mod ports;
+pub mod telemetry;
+
+pub use domain::*;

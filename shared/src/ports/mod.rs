@@ -1,0 +1,12 @@
+//! The four ports of DESIGN.md. The pipeline talks only to these traits; each has an embedded
+//! adapter (in this crate) and a distributed one.
+
+pub mod encoder;
+pub mod queue;
+pub mod state;
+pub mod vectors;
+
+pub use encoder::{Encoder, EncoderError};
+pub use queue::{DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue};
+pub use state::{Claim, DedupEntry, StateError, StateStore};
+pub use vectors::{VectorError, VectorStore};

@@ -1,0 +1,152 @@
+//! Servers for tests: the API in process on port 0, or the `imgfleet` binary as a child
+//! process that is killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imgfleet_api::{AppState, AppStateParts};
+use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore};
+use imgfleet_shared::domain::CollectionName;
+use imgfleet_shared::ports::{StateStore, VectorStore};
+use tokio::sync::oneshot;
+
+/// The API served in this process on a free port, over embedded stores in `data_dir`.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub vectors: Arc<dyn VectorStore>,
+    pub state: Arc<dyn StateStore>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with_keys(data_dir, Vec::new()).await
+    }
+
+    pub async fn start_with_keys(data_dir: &Path, api_keys: Vec<String>) -> Self {
+        let vectors: Arc<dyn VectorStore> = EdgeVectorStore::open(data_dir).expect("vector store");
+        let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(data_dir).expect("state store"));
+        let app = AppState::new(AppStateParts {
+            vectors: Arc::clone(&vectors),
+            state: Arc::clone(&state),
+            default_collection: CollectionName::parse("images").unwrap(),
+            default_vector_size: 4,
+            api_keys,
+        })
+        .await
+        .expect("app state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = imgfleet_api::router(app, 1024 * 1024);
+        let task = tokio::spawn(async move {
+            imgfleet_api::serve(listener, router, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        Self { addr, vectors, state, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Graceful stop; the stores close when the last handle is dropped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Path of a binary built from this workspace (`cargo build` puts it next to the test's
+/// `deps/` directory). `scripts/test` builds the binaries before running tests.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(format!("IMGFLEET_BIN_{}", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --release --workspace`, as scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct ChildProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildProcess {
+    /// Starts `imgfleet serve --port 0` on `data_dir` and waits for its "listening" line.
+    pub fn serve(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(workspace_binary("imgfleet"))
+            .arg("serve")
+            .arg("--port")
+            .arg("0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn imgfleet");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("imgfleet listening on http://") {
+                    let _ = tx.send(url.parse::<SocketAddr>().expect("address"));
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("imgfleet serve did not report its address within 60 s");
+            }
+        };
+        Self { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "imgfleet did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,5 @@
+//! One test binary (one link) for every integration test.
+
+mod api;
+mod embedded_contracts;
+mod serve;
