@@ -69,6 +69,14 @@ impl ApiServer {
     }
 }
 
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// Path of a binary built from this workspace (`cargo build` puts it next to the test's
 /// `deps/` directory). `scripts/test` builds the binaries before running tests.
 pub fn workspace_binary(name: &str) -> PathBuf {
