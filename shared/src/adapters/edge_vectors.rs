@@ -46,7 +46,25 @@ struct Collection {
 
 pub struct EdgeVectorStore {
     root: PathBuf,
+    options: EdgeStoreOptions,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
+}
+
+/// Engine settings for collections this store creates.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeStoreOptions {
+    /// Segments holding more vector data than this (KB) get an HNSW index when optimised;
+    /// `None`: the engine's default (about 10,000 vectors of 512 floats).
+    pub indexing_threshold_kb: Option<usize>,
+}
+
+/// What one collection's shard reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStats {
+    pub segments: usize,
+    pub points: usize,
+    /// Vectors covered by an HNSW index.
+    pub indexed_vectors: usize,
 }
 
 fn internal(e: impl std::fmt::Display) -> VectorError {
@@ -125,6 +143,10 @@ impl EdgeVectorStore {
     /// Opens every collection under `<data_dir>/collections`, removing debris of interrupted
     /// creates and deletes.
     pub fn open(data_dir: &Path) -> Result<Arc<Self>, VectorError> {
+        Self::open_with(data_dir, EdgeStoreOptions::default())
+    }
+
+    pub fn open_with(data_dir: &Path, options: EdgeStoreOptions) -> Result<Arc<Self>, VectorError> {
         let root = data_dir.join("collections");
         std::fs::create_dir_all(&root)
             .map_err(|e| VectorError::Unavailable(format!("cannot create {}: {e}", root.display())))?;
@@ -146,7 +168,7 @@ impl EdgeVectorStore {
             let collection = Collection::open(&path, &name)?;
             collections.insert(name, Arc::new(collection));
         }
-        let store = Arc::new(Self { root, collections: RwLock::new(collections) });
+        let store = Arc::new(Self { root, options, collections: RwLock::new(collections) });
         spawn_optimizer(Arc::downgrade(&store));
         Ok(store)
     }
@@ -168,6 +190,11 @@ impl EdgeVectorStore {
     {
         let collection = self.get_collection(name)?;
         tokio::task::spawn_blocking(move || f(&collection)).await.map_err(internal)?
+    }
+
+    pub fn stats(&self, name: &str) -> Result<ShardStats, VectorError> {
+        let info = self.get_collection(name)?.shard.info();
+        Ok(ShardStats { segments: info.segments_count, points: info.points_count, indexed_vectors: info.indexed_vectors_count })
     }
 
     /// Builds HNSW and payload indexes for collections written to since their last
@@ -351,12 +378,17 @@ impl VectorStore for EdgeVectorStore {
         }
         let root = self.root.clone();
         let (size, distance) = (spec.vector_size, spec.distance);
+        let optimizers = qdrant_edge::EdgeOptimizersConfig {
+            indexing_threshold: self.options.indexing_threshold_kb,
+            ..Default::default()
+        };
         let created = tokio::task::spawn_blocking(move || -> Result<Collection, VectorError> {
             // Built aside and renamed into place, so a crash never leaves half a collection.
             let tmp = root.join(format!(".tmp-{name}-{}", Uuid::new_v4().simple()));
             std::fs::create_dir_all(&tmp).map_err(internal)?;
             let config = EdgeConfigBuilder::new()
                 .vector(VECTOR_NAME, EdgeVectorParams::builder(size, edge_distance(distance)).build())
+                .optimizers(optimizers)
                 .build();
             {
                 let shard = EdgeShard::new(&tmp, config).map_err(internal)?;

@@ -4,6 +4,6 @@ pub mod edge_vectors;
 pub mod file_state;
 pub mod memory_queue;
 
-pub use edge_vectors::EdgeVectorStore;
+pub use edge_vectors::{EdgeStoreOptions, EdgeVectorStore, ShardStats};
 pub use file_state::FileStateStore;
 pub use memory_queue::{MemoryQueue, MemoryQueueConfig};
