@@ -16,6 +16,9 @@ enum Command {
     /// Run everything in this process: the API on an embedded queue, state file and vector
     /// store under --data-dir.
     Serve(ApiConfig),
+    /// Measure a stage's throughput on a directory (no server, no queue).
+    #[command(subcommand)]
+    Bench(imgfleet_worker_cpu::bench::BenchCommand),
 }
 
 #[tokio::main]
@@ -25,6 +28,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => {
             imgfleet_shared::telemetry::init(config.log_json);
             imgfleet_api::run(config).await
+        }
+        Command::Bench(command) => {
+            println!("{}", imgfleet_worker_cpu::bench::run(command)?);
+            Ok(())
         }
     }
 }

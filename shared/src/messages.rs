@@ -50,6 +50,51 @@ pub struct EncodedImage {
     pub embedding: Vec<f32>,
 }
 
+/// "This file has the same content as a stored image": the CPU stage found the content's
+/// dedup entry done, and the stage that owns the vector store (the indexer) adds `path` to that
+/// point's `paths`. Published on `Stream::Encoded` beside `EncodedImage`; read that stream with
+/// [`decode_indexer_input`]. Message id: `dup:{collection}:{sha256}:{hash of path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DuplicatePath {
+    pub schema_version: u32,
+    pub job_id: String,
+    pub collection: String,
+    pub sha256: String,
+    /// The stored point the content belongs to.
+    pub point_id: String,
+    /// The extra path, absolute.
+    pub duplicate_path: String,
+}
+
+impl DuplicatePath {
+    pub fn new(job_id: String, collection: String, sha256: String, point_id: String, duplicate_path: String) -> Self {
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, sha256, point_id, duplicate_path }
+    }
+}
+
+/// What arrives on `Stream::Encoded`. The two shapes are told apart by their fields (an
+/// `EncodedImage` is unchanged on the wire).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IndexerInput {
+    DuplicatePath(DuplicatePath),
+    Encoded(EncodedImage),
+}
+
+impl Versioned for IndexerInput {
+    fn schema_version(&self) -> u32 {
+        match self {
+            Self::DuplicatePath(m) => m.schema_version,
+            Self::Encoded(m) => m.schema_version,
+        }
+    }
+}
+
+/// Reads a message of `Stream::Encoded`.
+pub fn decode_indexer_input(bytes: &[u8]) -> Result<IndexerInput, DecodeError> {
+    decode(bytes)
+}
+
 /// Messages are versioned; a message from an incompatible version is poison, not a crash.
 pub trait Versioned {
     fn schema_version(&self) -> u32;
@@ -62,7 +107,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(ScanRequest, FileTask, PreparedImage, EncodedImage);
+versioned!(ScanRequest, FileTask, PreparedImage, EncodedImage, DuplicatePath);
 
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -186,5 +231,20 @@ mod tests {
         task.schema_version = 99;
         assert!(matches!(decode::<FileTask>(&encode(&task)), Err(DecodeError::Version { found: 99, .. })));
         assert!(matches!(decode::<FileTask>(b"{"), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn encoded_stream_tells_duplicates_from_encoded_images() {
+        let duplicate = DuplicatePath::new("j".into(), "c".into(), "ab".into(), "p".into(), "/x/copy.jpg".into());
+        assert_eq!(decode_indexer_input(&encode(&duplicate)).unwrap(), IndexerInput::DuplicatePath(duplicate));
+        let encoded = EncodedImage {
+            schema_version: SCHEMA_VERSION,
+            job_id: "j".into(),
+            collection: "c".into(),
+            payload: ImagePayload { sha256: "ab".into(), path: "/x/a.jpg".into(), ..ImagePayload::default() },
+            embedding: vec![0.5, -0.5],
+        };
+        assert_eq!(decode_indexer_input(&encode(&encoded)).unwrap(), IndexerInput::Encoded(encoded));
+        assert!(decode_indexer_input(b"{}").is_err());
     }
 }

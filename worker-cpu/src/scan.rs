@@ -1,0 +1,314 @@
+//! Scan: walk a directory as a stream and publish one file task per candidate image.
+//!
+//! The walk holds one open directory per level (never a whole listing), runs on a blocking
+//! thread and hands candidates to the publisher over a bounded channel, so a folder of a
+//! million files costs the same memory as a folder of ten.
+//!
+//! Symlinks (`inside-root`, the default): followed when their target, fully resolved, lies
+//! inside the scanned directory; a link that leaves it, dangles, or loops back to an ancestor is
+//! skipped and logged against the job. Candidates: regular files whose name has an image
+//! extension (so a broken image is accounted for as failed) or whose first bytes sniff as an
+//! image (so `IMG_0001` without extension is found). Anything else is not counted.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgfleet_shared::messages::{self, FileTask, ScanRequest};
+use imgfleet_shared::names::Stream;
+use imgfleet_shared::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
+use imgfleet_shared::domain::JobStatus;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use walkdir::{DirEntry, WalkDir};
+
+use crate::hash::sha256_hex;
+use crate::sniff::{SNIFF_LEN, has_image_extension, sniff};
+
+/// Candidates found but not yet published; the walk waits when the publisher is this far behind.
+pub const SCAN_CHANNEL_BOUND: usize = 256;
+
+/// Skip notes logged against one job at most; the rest are only counted.
+const MAX_SKIP_LOG_LINES: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SymlinkPolicy {
+    /// Follow links whose resolved target stays inside the scanned directory.
+    InsideRoot,
+    /// Follow no symlink.
+    Never,
+}
+
+/// One thing the walk met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalkItem {
+    /// A file to prepare.
+    Candidate(PathBuf),
+    /// Something left out, with why (a symlink loop, a link leaving the root, an unreadable
+    /// directory).
+    Skipped { path: PathBuf, reason: String },
+}
+
+/// Why a scan could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("cannot open {path}: {source}")]
+    Root { path: String, source: std::io::Error },
+    #[error("{path} is not a directory")]
+    NotADirectory { path: String },
+}
+
+/// The walk of one directory tree, as an iterator of candidates and skips.
+pub struct Walk {
+    entries: walkdir::FilterEntry<walkdir::IntoIter, Box<dyn FnMut(&DirEntry) -> bool>>,
+    /// Symlinks refused by the entry filter, waiting to be reported.
+    refused: Rc<RefCell<VecDeque<WalkItem>>>,
+}
+
+impl Walk {
+    /// Starts walking `root` (canonicalised first; candidates are paths under the canonical root).
+    pub fn new(root: &Path, policy: SymlinkPolicy) -> Result<Self, ScanError> {
+        let root = root
+            .canonicalize()
+            .map_err(|source| ScanError::Root { path: root.display().to_string(), source })?;
+        if !root.is_dir() {
+            return Err(ScanError::NotADirectory { path: root.display().to_string() });
+        }
+        let refused = Rc::new(RefCell::new(VecDeque::new()));
+        let notes = Rc::clone(&refused);
+        let canonical_root = root.clone();
+        let filter: Box<dyn FnMut(&DirEntry) -> bool> = Box::new(move |entry: &DirEntry| {
+            if !entry.path_is_symlink() {
+                return true;
+            }
+            let refusal = match policy {
+                SymlinkPolicy::Never => Some("symlink not followed (policy: never)".to_owned()),
+                SymlinkPolicy::InsideRoot => match entry.path().canonicalize() {
+                    Err(e) => Some(format!("symlink cannot be resolved: {e}")),
+                    Ok(target) if !target.starts_with(&canonical_root) => {
+                        Some(format!("symlink leads outside the scanned directory, to {}", target.display()))
+                    }
+                    Ok(_) => None,
+                },
+            };
+            match refusal {
+                Some(reason) => {
+                    notes.borrow_mut().push_back(WalkItem::Skipped { path: entry.path().to_owned(), reason });
+                    false
+                }
+                None => true,
+            }
+        });
+        let entries = WalkDir::new(&root)
+            .follow_links(policy == SymlinkPolicy::InsideRoot)
+            .into_iter()
+            .filter_entry(filter);
+        Ok(Self { entries, refused })
+    }
+}
+
+impl Iterator for Walk {
+    type Item = WalkItem;
+
+    fn next(&mut self) -> Option<WalkItem> {
+        loop {
+            if let Some(note) = self.refused.borrow_mut().pop_front() {
+                return Some(note);
+            }
+            let entry = match self.entries.next()? {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let path = e.path().map(Path::to_owned).unwrap_or_default();
+                    let reason = if e.loop_ancestor().is_some() {
+                        "symlink loop: it leads back to a directory being walked".to_owned()
+                    } else {
+                        format!("cannot read: {}", e.to_string().to_lowercase())
+                    };
+                    return Some(WalkItem::Skipped { path, reason });
+                }
+            };
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            if has_image_extension(entry.path()) || sniffs_as_image(entry.path()) {
+                return Some(WalkItem::Candidate(entry.into_path()));
+            }
+        }
+    }
+}
+
+fn sniffs_as_image(path: &Path) -> bool {
+    let mut head = [0u8; SNIFF_LEN];
+    let Ok(mut file) = File::open(path) else { return false };
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    sniff(&head[..filled]).is_some()
+}
+
+/// Message id of the file task for `path` in `job_id`: a replayed scan publishes the same ids,
+/// which the queue drops.
+pub fn file_task_id(job_id: &str, path: &str) -> String {
+    format!("file:{job_id}:{}", &sha256_hex(path.as_bytes())[..32])
+}
+
+/// The scan stage: consumes `Stream::Scan`, publishes `FileTask`s on `Stream::Files`.
+pub struct Scanner {
+    queue: Arc<dyn WorkQueue>,
+    state: Arc<dyn StateStore>,
+    symlinks: SymlinkPolicy,
+    retry_delay: Duration,
+}
+
+/// Counts of one finished walk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    pub candidates: u64,
+    pub skipped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Transient {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("scan thread failed: {0}")]
+    Thread(String),
+}
+
+impl Scanner {
+    pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, symlinks: SymlinkPolicy) -> Self {
+        Self { queue, state, symlinks, retry_delay: Duration::from_secs(5) }
+    }
+
+    /// Handles at most one scan request; returns how many it fetched (0 or 1).
+    pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
+        let deliveries = self.queue.fetch(Stream::Scan, 1, wait).await?;
+        let fetched = deliveries.len();
+        for delivery in deliveries {
+            self.handle(delivery).await;
+        }
+        Ok(fetched)
+    }
+
+    /// Handles scan requests until `shutdown` turns true (checked between requests).
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>, wait: Duration) {
+        while !*shutdown.borrow_and_update() {
+            match self.run_batch(wait).await {
+                Ok(_) => {}
+                Err(QueueError::Closed) => return,
+                Err(e) => {
+                    warn!(error = %e, "fetching scan requests failed");
+                    tokio::time::sleep(self.retry_delay).await;
+                }
+            }
+        }
+    }
+
+    /// Walks the request's directory and settles the delivery.
+    pub async fn handle(&self, delivery: Delivery) {
+        let settle = match messages::decode::<ScanRequest>(&delivery.payload) {
+            Err(e) => Settle::Terminate(format!("undecodable scan request: {e}")),
+            Ok(request) => match self.scan(&request).await {
+                Ok(settle) => settle,
+                Err(e) => {
+                    warn!(job_id = %request.job_id, error = %e, "scan interrupted; it will run again");
+                    Settle::Retry(self.retry_delay)
+                }
+            },
+        };
+        if let Err(e) = delivery.settle(settle).await {
+            warn!(error = %e, "settling a scan request failed; it will be delivered again");
+        }
+    }
+
+    async fn scan(&self, request: &ScanRequest) -> Result<Settle, Transient> {
+        let job_id = request.job_id.as_str();
+        match self.state.set_job_status(job_id, JobStatus::Running, None).await {
+            Ok(job) if job.status.is_final() => {
+                info!(job_id, status = ?job.status, "job already ended; scan skipped");
+                return Ok(Settle::Ack);
+            }
+            Ok(_) => {}
+            Err(StateError::JobNotFound(_)) => return Ok(Settle::Terminate(format!("job {job_id} does not exist"))),
+            Err(e) => return Err(e.into()),
+        }
+        let (sender, mut receiver) = mpsc::channel::<Result<WalkItem, ScanError>>(SCAN_CHANNEL_BOUND);
+        let root = PathBuf::from(&request.directory_path);
+        let policy = self.symlinks;
+        let walker = tokio::task::spawn_blocking(move || match Walk::new(&root, policy) {
+            Err(e) => {
+                let _ = sender.blocking_send(Err(e));
+            }
+            Ok(walk) => {
+                for item in walk {
+                    // The receiver is gone when publishing failed: stop walking.
+                    if sender.blocking_send(Ok(item)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut summary = ScanSummary::default();
+        while let Some(item) = receiver.recv().await {
+            match item {
+                Err(e) => {
+                    // The directory itself cannot be walked: the job fails, retrying will not help.
+                    let reason = e.to_string();
+                    warn!(job_id, error = %reason, "scan failed");
+                    self.state.set_job_status(job_id, JobStatus::Failed, Some(reason)).await?;
+                    return Ok(Settle::Ack);
+                }
+                Ok(WalkItem::Candidate(path)) => {
+                    let path = path.to_string_lossy().into_owned();
+                    self.state.record_discovered(job_id, &path).await?;
+                    let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
+                    self.queue.publish(Stream::Files, &file_task_id(job_id, &path), messages::encode(&task)).await?;
+                    summary.candidates += 1;
+                }
+                Ok(WalkItem::Skipped { path, reason }) => {
+                    summary.skipped += 1;
+                    if summary.skipped <= MAX_SKIP_LOG_LINES {
+                        self.state.append_log(job_id, &format!("skipped: {}: {reason}", path.display())).await?;
+                    }
+                }
+            }
+        }
+        walker.await.map_err(|e| Transient::Thread(e.to_string()))?;
+        if summary.skipped > MAX_SKIP_LOG_LINES {
+            let more = summary.skipped - MAX_SKIP_LOG_LINES;
+            self.state.append_log(job_id, &format!("skipped {more} more entries")).await?;
+        }
+        self.state
+            .append_log(job_id, &format!("scan complete: {} files found, {} entries skipped", summary.candidates, summary.skipped))
+            .await?;
+        self.state.mark_scan_complete(job_id).await?;
+        self.state.complete_if_done(job_id).await?;
+        info!(job_id, candidates = summary.candidates, skipped = summary.skipped, "scan complete");
+        Ok(Settle::Ack)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_task_ids_are_stable_per_job_and_path() {
+        let a = file_task_id("job1", "/photos/a.jpg");
+        assert_eq!(a, file_task_id("job1", "/photos/a.jpg"));
+        assert_ne!(a, file_task_id("job2", "/photos/a.jpg"));
+        assert_ne!(a, file_task_id("job1", "/photos/b.jpg"));
+        assert!(a.len() < 100);
+    }
+}

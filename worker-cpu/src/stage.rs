@@ -1,0 +1,232 @@
+//! The CPU stage: consumes `Stream::Files`, and for each file task reads + hashes the file,
+//! claims its content in the dedup store, and either publishes one `PreparedImage` on
+//! `Stream::Prepared`, or records a duplicate, or records a failure with its reason.
+//!
+//! Dedup (per collection): `claim` with a TTL before decoding. `Acquired`: prepare and publish;
+//! the indexer marks the entry done once the vector is stored, so a crash anywhere before that
+//! lets the claim expire and another worker take it (nothing lost), and the point id derives
+//! from the sha256 (nothing stored twice). `Done`: a duplicate; its path goes to the indexer as a
+//! `DuplicatePath` on `Stream::Encoded`. `HeldByOther`: the same content is being prepared right
+//! now (two copies in one job): retried after a delay, by then it is done (a duplicate) or its
+//! claim has expired (taken over).
+//!
+//! Every delivery is settled: ack once the outcome is recorded or the output published, retry
+//! after a delay on a transient error (queue or state store), terminate an undecodable message.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use imgfleet_shared::domain::{ItemOutcome, SCHEMA_VERSION};
+use imgfleet_shared::messages::{self, DuplicatePath, FileTask, PreparedImage};
+use imgfleet_shared::names::Stream;
+use imgfleet_shared::ports::{Claim, Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
+use tracing::{debug, info, warn};
+
+use crate::config::{ConfigError, CpuStageConfig};
+use crate::failure::{FailureKind, FileFailure};
+use crate::hash::{read_and_hash, sha256_hex};
+use crate::prepare::{PrepareOptions, prepare, prepared_message_bound, sniff_file};
+
+/// Message id of the prepared image of `sha256` in `collection`: one per content and collection.
+pub fn prepared_id(collection: &str, sha256: &str) -> String {
+    format!("prep:{collection}:{sha256}")
+}
+
+/// Message id of the "extra path" note for `path`.
+pub fn duplicate_path_id(collection: &str, sha256: &str, path: &str) -> String {
+    format!("dup:{collection}:{sha256}:{}", &sha256_hex(path.as_bytes())[..32])
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Transient {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+pub struct CpuStage {
+    queue: Arc<dyn WorkQueue>,
+    state: Arc<dyn StateStore>,
+    config: CpuStageConfig,
+    options: PrepareOptions,
+    owner: String,
+    concurrency: usize,
+}
+
+impl CpuStage {
+    pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, config: CpuStageConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let options = config.prepare_options();
+        let owner = config.effective_worker_id();
+        let concurrency = config.effective_concurrency();
+        Ok(Self { queue, state, config, options, owner, concurrency })
+    }
+
+    /// This worker's name; its dedup claims are owned by `<name>/<task>`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Fetches one batch (waiting at most `wait` for it) and settles every delivery in it, at
+    /// most `concurrency` at a time. Returns how many deliveries it handled.
+    pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
+        let deliveries = self.queue.fetch(Stream::Files, self.config.batch, wait).await?;
+        let fetched = deliveries.len();
+        futures::stream::iter(deliveries)
+            .for_each_concurrent(self.concurrency, |delivery| self.handle(delivery))
+            .await;
+        Ok(fetched)
+    }
+
+    /// Runs batches until `shutdown` turns true (checked between batches, so no delivery is
+    /// abandoned mid-way).
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        info!(owner = %self.owner, concurrency = self.concurrency, batch = self.config.batch, "cpu stage started");
+        while !*shutdown.borrow_and_update() {
+            match self.run_batch(self.config.fetch_wait()).await {
+                Ok(_) => {}
+                Err(QueueError::Closed) => return,
+                Err(e) => {
+                    warn!(error = %e, "fetching file tasks failed");
+                    tokio::time::sleep(self.config.retry_delay(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Processes one delivery and settles it, whatever happens.
+    pub async fn handle(&self, delivery: Delivery) {
+        let settle = match messages::decode::<FileTask>(&delivery.payload) {
+            Err(e) => Settle::Terminate(format!("undecodable file task: {e}")),
+            Ok(task) => match self.process(&task).await {
+                Ok(settle) => settle,
+                Err(e) => {
+                    let delay = self.config.retry_delay(delivery.deliveries);
+                    warn!(job_id = %task.job_id, path = %task.path, error = %e, delay_ms = delay.as_millis() as u64, "file task will be retried");
+                    Settle::Retry(delay)
+                }
+            },
+        };
+        if let Err(e) = delivery.settle(settle).await {
+            warn!(error = %e, "settling a file task failed; it will be delivered again");
+        }
+    }
+
+    async fn process(&self, task: &FileTask) -> Result<Settle, Transient> {
+        let path = PathBuf::from(&task.path);
+        let max_bytes = self.config.max_file_bytes;
+        let read = blocking(move || {
+            let file = read_and_hash(&path, max_bytes)?;
+            let format = sniff_file(&file)?;
+            Ok((path, file, format))
+        })
+        .await;
+        let (path, file, format) = match read {
+            Ok(read) => read,
+            Err(failure) => return self.fail(task, failure).await,
+        };
+        let sha256 = file.sha256.clone();
+        let owner = self.claim_owner(task);
+        let owner = owner.as_str();
+        match self.state.claim(&task.collection, &sha256, owner, self.config.claim_ttl()).await? {
+            Claim::Done { point_id } => self.duplicate(task, &sha256, point_id).await,
+            Claim::HeldByOther { owner, expires_in } => {
+                let delay = expires_in.min(self.config.held_retry()).max(Duration::from_millis(10));
+                debug!(path = %task.path, sha256, holder = %owner, delay_ms = delay.as_millis() as u64, "content held by another worker");
+                Ok(Settle::Retry(delay))
+            }
+            Claim::Acquired => {
+                let options = self.options;
+                let prepared = blocking(move || prepare(&path, &file, format, options)).await;
+                let pixels = match prepared {
+                    Ok(pixels) => pixels,
+                    Err(failure) => {
+                        self.state.release(&task.collection, &sha256, owner).await?;
+                        return self.fail(task, failure).await;
+                    }
+                };
+                let mut payload = pixels.payload;
+                payload.job_id = Some(task.job_id.clone());
+                let message = PreparedImage {
+                    schema_version: SCHEMA_VERSION,
+                    job_id: task.job_id.clone(),
+                    collection: task.collection.clone(),
+                    payload,
+                    clip_size: self.options.clip_size,
+                    clip_pixels: pixels.clip_pixels,
+                    blip_size: self.options.blip_size,
+                    blip_pixels: pixels.blip_pixels,
+                };
+                let bytes = messages::encode(&message);
+                let bound = prepared_message_bound(self.options.clip_size, self.options.blip_size);
+                if bytes.len() > bound {
+                    // Unreachable by the bound's construction; failing beats a queue rejection loop.
+                    self.state.release(&task.collection, &sha256, owner).await?;
+                    let detail = format!("prepared message is {} bytes, over its bound of {bound}", bytes.len());
+                    return self.fail(task, FileFailure::new(FailureKind::TooLarge, detail)).await;
+                }
+                self.queue.publish(Stream::Prepared, &prepared_id(&task.collection, &sha256), bytes).await?;
+                self.state.record_outcome(&task.job_id, &task.path, &ItemOutcome::Processed).await?;
+                self.state.complete_if_done(&task.job_id).await?;
+                debug!(job_id = %task.job_id, path = %task.path, sha256, scale = pixels.scale_denominator, "prepared");
+                Ok(Settle::Ack)
+            }
+        }
+    }
+
+    /// Claim owner for one task: this worker and the file. A redelivery of the same task takes
+    /// its own claim back; another file with the same content (even in this worker) does not.
+    fn claim_owner(&self, task: &FileTask) -> String {
+        format!("{}/{}", self.owner, &sha256_hex(format!("{}\0{}", task.job_id, task.path).as_bytes())[..16])
+    }
+
+    async fn duplicate(&self, task: &FileTask, sha256: &str, point_id: String) -> Result<Settle, Transient> {
+        let note = DuplicatePath::new(
+            task.job_id.clone(),
+            task.collection.clone(),
+            sha256.to_owned(),
+            point_id.clone(),
+            task.path.clone(),
+        );
+        let id = duplicate_path_id(&task.collection, sha256, &task.path);
+        self.queue.publish(Stream::Encoded, &id, messages::encode(&note)).await?;
+        let outcome = ItemOutcome::Duplicate { existing_id: point_id };
+        self.state.record_outcome(&task.job_id, &task.path, &outcome).await?;
+        self.state.complete_if_done(&task.job_id).await?;
+        debug!(job_id = %task.job_id, path = %task.path, sha256, "duplicate");
+        Ok(Settle::Ack)
+    }
+
+    async fn fail(&self, task: &FileTask, failure: FileFailure) -> Result<Settle, Transient> {
+        info!(job_id = %task.job_id, path = %task.path, kind = %failure.kind, reason = %failure.detail, "file failed");
+        let outcome = ItemOutcome::Failed { reason: failure.to_string() };
+        self.state.record_outcome(&task.job_id, &task.path, &outcome).await?;
+        self.state.complete_if_done(&task.job_id).await?;
+        Ok(Settle::Ack)
+    }
+}
+
+/// Runs CPU-heavy work on the blocking pool. A panic inside is the file's fault (a decoder bug
+/// on hostile input): it fails the file instead of the worker.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, FileFailure> + Send + 'static) -> Result<T, FileFailure> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(FileFailure::new(FailureKind::Corrupt, format!("decoder crashed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids() {
+        assert_eq!(prepared_id("photos", "ab12"), "prep:photos:ab12");
+        let a = duplicate_path_id("photos", "ab12", "/x/a.jpg");
+        assert_ne!(a, duplicate_path_id("photos", "ab12", "/x/b.jpg"));
+        assert!(a.starts_with("dup:photos:ab12:"));
+    }
+}
