@@ -1,8 +1,8 @@
 //! imgfleet-api: the REST API of the seed (`/api/v1`), its extensions, OpenAPI, metrics.
 
 pub mod config;
-pub mod error;
-pub mod extract;
+/// Re-exported from `imgfleet_shared::http`, shared with the ML API.
+pub use imgfleet_shared::http::{error, extract};
 pub mod metrics;
 pub mod routes;
 pub mod state;

@@ -4,6 +4,7 @@
 pub mod adapters;
 pub mod domain;
 pub mod filter;
+pub mod http;
 pub mod messages;
 pub mod metrics;
 pub mod names;

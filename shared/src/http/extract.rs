@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::error::AppError;
+use super::error::AppError;
 
 /// `axum::Json`, with malformed JSON → 400 `invalid_json`, wrong shapes or types → 422
 /// `invalid_request`, too large → 413, wrong content type → 415.

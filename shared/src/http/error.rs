@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use imgfleet_shared::filter::FilterError;
-use imgfleet_shared::ports::{EncoderError, StateError, VectorError};
+use crate::filter::FilterError;
+use crate::ports::{EncoderError, StateError, VectorError};
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -1,0 +1,133 @@
+//! The seed's ML inference API (section 2.2) over the `Encoder` port.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use imgfleet_shared::domain::{Capabilities, RgbImage};
+use imgfleet_shared::http::{ApiJson, AppError, AppResult};
+use imgfleet_shared::ports::Encoder;
+use serde::{Deserialize, Serialize};
+
+/// Largest decoded image accepted, in pixels (a decompression bomb is refused).
+pub const MAX_IMAGE_PIXELS: u64 = 64_000_000;
+
+#[derive(Clone)]
+pub struct MlState {
+    pub encoder: Arc<dyn Encoder>,
+}
+
+pub fn router(state: MlState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/embed", post(embed))
+        .route("/embed_text", post(embed_text))
+        .route("/capabilities", get(capabilities));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .fallback(|request: axum::extract::Request| async move {
+            AppError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, imgfleet_shared::metrics::TEXT_CONTENT_TYPE)], imgfleet_shared::metrics::render())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    /// The image file (JPEG, PNG, WebP, GIF, BMP, TIFF), base64-encoded.
+    pub image_base64: String,
+    /// For messages only.
+    #[serde(default)]
+    pub filename: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct EmbedResponse {
+    pub embedding: Vec<f32>,
+    /// `[1, dim]`, as the seed answered.
+    pub embedding_shape: [usize; 2],
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextRequest {
+    pub texts: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct TextResponse {
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+/// Decodes a base64 image file into RGB pixels, with a pixel limit. The error says what is
+/// wrong with the input (and names the file when one is given).
+pub fn decode_image(image_base64: &str, filename: Option<&str>) -> Result<RgbImage, String> {
+    let name = filename.map_or(String::new(), |f| format!("{f}: "));
+    let trimmed = image_base64.trim();
+    // Accept data URLs as browsers produce them.
+    let payload = trimmed.split_once(";base64,").map_or(trimmed, |(_, b)| b);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .map_err(|e| format!("{name}image_base64 is not valid base64: {e}"))?;
+    if bytes.is_empty() {
+        return Err(format!("{name}the image is empty"));
+    }
+    let reader = image::ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("{name}cannot read the image: {e}"))?;
+    if reader.format().is_none() {
+        return Err(format!("{name}not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)"));
+    }
+    let mut reader = reader;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 4);
+    reader.limits(limits);
+    let (w, h) = reader.into_dimensions().map_err(|e| format!("{name}cannot read the image header: {e}"))?;
+    if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+        return Err(format!("{name}{w}x{h} is more than {MAX_IMAGE_PIXELS} pixels"));
+    }
+    let decoded = image::load_from_memory(&bytes).map_err(|e| format!("{name}cannot decode the image: {e}"))?;
+    let rgb = decoded.to_rgb8();
+    Ok(RgbImage { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
+}
+
+async fn decode_off_runtime(request: ImageRequest) -> AppResult<RgbImage> {
+    tokio::task::spawn_blocking(move || decode_image(&request.image_base64, request.filename.as_deref()))
+        .await
+        .map_err(|e| AppError::internal(e.to_string()))?
+        .map_err(AppError::invalid)
+}
+
+/// `{image_base64, filename}` → `{embedding, embedding_shape}` (L2-normalised CLIP image embedding).
+pub async fn embed(State(state): State<MlState>, ApiJson(request): ApiJson<ImageRequest>) -> AppResult<Json<EmbedResponse>> {
+    let image = decode_off_runtime(request).await?;
+    let mut embeddings = state.encoder.embed_images(vec![image]).await?;
+    let embedding = embeddings.pop().ok_or_else(|| AppError::internal("the encoder returned no embedding"))?;
+    let embedding_shape = [1, embedding.len()];
+    Ok(Json(EmbedResponse { embedding, embedding_shape }))
+}
+
+/// `{texts: [..]}` → `{embeddings: [[..]]}` (L2-normalised CLIP text embeddings).
+pub async fn embed_text(State(state): State<MlState>, ApiJson(request): ApiJson<TextRequest>) -> AppResult<Json<TextResponse>> {
+    if request.texts.is_empty() {
+        return Err(AppError::invalid("texts must not be empty"));
+    }
+    let embeddings = state.encoder.embed_texts(request.texts).await?;
+    Ok(Json(TextResponse { embeddings }))
+}
+
+/// `{safe_clip_batch, safe_blip_batch, embedding_dim, device, clip_model, blip_model}`.
+pub async fn capabilities(State(state): State<MlState>) -> (StatusCode, Json<Capabilities>) {
+    (StatusCode::OK, Json(state.encoder.capabilities()))
+}

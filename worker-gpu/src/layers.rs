@@ -1,0 +1,127 @@
+//! Transformer building blocks shared by CLIP's towers and BLIP's vision encoder:
+//! pre-LayerNorm encoder layers named as Hugging Face names them.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::model_dir::ModelError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+    GeluTanh,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self, ModelError> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            other => Err(ModelError::Unsupported(format!("activation {other:?}"))),
+        }
+    }
+
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::QuickGelu => x * (x * 1.702).sigmoid(),
+            Self::Gelu => x.gelu("none"),
+            Self::GeluTanh => x.gelu("tanh"),
+        }
+    }
+}
+
+pub struct EncoderConfig {
+    pub hidden: i64,
+    pub intermediate: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub eps: f64,
+    pub act: Activation,
+}
+
+/// Multi-head self-attention with separate q/k/v projections (`q_proj`, `k_proj`, `v_proj`,
+/// `out_proj`).
+pub struct SelfAttention {
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    out: nn::Linear,
+    heads: i64,
+}
+
+impl SelfAttention {
+    pub fn new(p: &nn::Path, hidden: i64, heads: i64) -> Self {
+        let c = Default::default();
+        Self {
+            q: nn::linear(p / "q_proj", hidden, hidden, c),
+            k: nn::linear(p / "k_proj", hidden, hidden, c),
+            v: nn::linear(p / "v_proj", hidden, hidden, c),
+            out: nn::linear(p / "out_proj", hidden, hidden, c),
+            heads,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (b, t, d) = x.size3().expect("[batch, len, hidden]");
+        let hd = d / self.heads;
+        let split = |y: Tensor| y.view([b, t, self.heads, hd]).transpose(1, 2);
+        let (q, k, v) = (split(self.q.forward(x)), split(self.k.forward(x)), split(self.v.forward(x)));
+        attend(&q, &k, &v, mask, x.kind()).transpose(1, 2).contiguous().view([b, t, d]).apply(&self.out)
+    }
+}
+
+/// softmax(q kᵀ / √d + mask) v, the softmax in fp32 as transformers computes it.
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, kind: Kind) -> Tensor {
+    let hd = *q.size().last().expect("head dim");
+    let mut w = q.matmul(&k.transpose(-1, -2)) * (hd as f64).powf(-0.5);
+    if let Some(mask) = mask {
+        w = w + mask;
+    }
+    w.softmax(-1, Kind::Float).to_kind(kind).matmul(v)
+}
+
+struct EncoderLayer {
+    attn: SelfAttention,
+    ln1: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    ln2: nn::LayerNorm,
+    act: Activation,
+}
+
+/// `layers.{i}.{self_attn, layer_norm1, mlp.fc1, mlp.fc2, layer_norm2}`.
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(p: nn::Path, c: &EncoderConfig) -> Self {
+        let ln = nn::LayerNormConfig { eps: c.eps, ..Default::default() };
+        let layers = (0..c.layers)
+            .map(|i| {
+                let l = &p / "layers" / i;
+                EncoderLayer {
+                    attn: SelfAttention::new(&(&l / "self_attn"), c.hidden, c.heads),
+                    ln1: nn::layer_norm(&l / "layer_norm1", vec![c.hidden], ln),
+                    fc1: nn::linear(&l / "mlp" / "fc1", c.hidden, c.intermediate, Default::default()),
+                    fc2: nn::linear(&l / "mlp" / "fc2", c.intermediate, c.hidden, Default::default()),
+                    ln2: nn::layer_norm(&l / "layer_norm2", vec![c.hidden], ln),
+                    act: c.act,
+                }
+            })
+            .collect();
+        Self { layers }
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let mut x = x.shallow_clone();
+        for l in &self.layers {
+            x = &x + l.attn.forward(&l.ln1.forward(&x), mask);
+            let h = l.act.apply(&l.fc1.forward(&l.ln2.forward(&x)));
+            x = &x + l.fc2.forward(&h);
+        }
+        x
+    }
+}
