@@ -103,13 +103,18 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts `imgfleet serve --port 0` on `data_dir` and waits for its "listening" line.
     pub fn serve(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(workspace_binary("imgfleet"))
-            .arg("serve")
-            .arg("--port")
-            .arg("0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
+        let mut args = vec!["serve".to_owned(), "--port".into(), "0".into(), "--data-dir".into()];
+        args.push(data_dir.to_string_lossy().into_owned());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::spawn("imgfleet", &args)
+    }
+
+    /// Starts a workspace binary that prints `<name> listening on http://ADDR` once it serves,
+    /// and waits (60 s at most) for that line.
+    pub fn spawn(name: &str, args: &[String]) -> Self {
+        let prefix = format!("{name} listening on http://");
+        let mut child = Command::new(workspace_binary(name))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -118,7 +123,7 @@ impl ChildProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("imgfleet listening on http://") {
+                if let Some(url) = line.strip_prefix(prefix.as_str()) {
                     let _ = tx.send(url.parse::<SocketAddr>().expect("address"));
                 }
             }
@@ -127,7 +132,7 @@ impl ChildProcess {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!("imgfleet serve did not report its address within 60 s");
+                panic!("{name} did not report its address within 60 s");
             }
         };
         Self { child, addr }
@@ -146,7 +151,7 @@ impl ChildProcess {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "imgfleet did not stop within 30 s of SIGTERM");
+            assert!(Instant::now() < deadline, "the process did not stop within 30 s of SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

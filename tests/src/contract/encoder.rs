@@ -77,7 +77,10 @@ pub async fn text_embeddings_are_unit_and_batch_invariant(f: &dyn EncoderFixture
 pub async fn captions_one_per_image(f: &dyn EncoderFixture) {
     let e = f.open().await;
     if e.capabilities().safe_blip_batch == 0 {
-        return; // captioning off: nothing to check
+        // Captioning is off: asking for captions is a clear "unavailable", never a panic or "".
+        let refused = e.caption_images(vec![picture(384, 384, 1)]).await;
+        assert!(matches!(refused, Err(EncoderError::Unavailable(_))), "{refused:?}");
+        return;
     }
     let captions = e.caption_images(vec![picture(384, 384, 1), picture(100, 50, 2)]).await.unwrap();
     assert_eq!(captions.len(), 2);

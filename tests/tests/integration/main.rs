@@ -5,4 +5,5 @@ mod clip;
 mod cpu_stage;
 mod edge_store;
 mod embedded_contracts;
+mod ml_api;
 mod serve;
