@@ -1,7 +1,9 @@
-//! Decode with limits. JPEG goes through `jpeg-decoder`, which decodes at 1/2, 1/4 or 1/8 scale
-//! by shrinking the inverse DCT — far cheaper than decoding everything and resizing, and where
-//! most of this stage's time goes. Every other format goes through `image`. HEIF and AVIF fail
-//! as unsupported: no maintained pure-Rust decoder builds here.
+//! Decode with limits. JPEG is decoded at 1/2, 1/4 or 1/8 scale by shrinking the inverse DCT —
+//! far cheaper than decoding everything and resizing, and where most of this stage's time goes:
+//! headers are read with `jpeg-decoder`, pixels come from libjpeg-turbo (the `mozjpeg` crate,
+//! built from source), whose entropy decoder is the fastest available; CMYK JPEGs, which
+//! libjpeg cannot turn into RGB, are decoded (scaled too) by `jpeg-decoder`. Every other format
+//! goes through `image`. HEIF and AVIF fail as unsupported: no maintained decoder builds here.
 
 use std::io::{self, Cursor};
 
@@ -92,6 +94,12 @@ fn decode_jpeg(bytes: &[u8], min_side: u32, limits: DecodeLimits) -> Result<Deco
         return Err(FileFailure::new(FailureKind::Truncated, "jpeg data ends before its end-of-image marker"));
     }
     let denominator = choose_jpeg_scale(width, height, min_side);
+    if info.pixel_format != PixelFormat::CMYK32 {
+        let (rgb, out_w, out_h) = decode_jpeg_libjpeg(bytes, denominator)?;
+        let pixels = RgbImage::from_raw(out_w, out_h, rgb)
+            .ok_or_else(|| FileFailure::new(FailureKind::Corrupt, "jpeg decoder returned a short buffer"))?;
+        return Ok(DecodedImage { pixels, width, height, scale_denominator: denominator });
+    }
     if denominator > 1 {
         let (w, h) = (width.div_ceil(denominator), height.div_ceil(denominator));
         decoder.scale(w as u16, h as u16).map_err(jpeg_failure)?;
@@ -115,6 +123,33 @@ fn decode_jpeg(bytes: &[u8], min_side: u32, limits: DecodeLimits) -> Result<Deco
     let pixels = RgbImage::from_raw(out_w, out_h, rgb)
         .ok_or_else(|| FileFailure::new(FailureKind::Corrupt, "jpeg decoder returned a short buffer"))?;
     Ok(DecodedImage { pixels, width, height, scale_denominator: denominator })
+}
+
+/// RGB pixels of a JPEG at 1/`denominator` scale, by libjpeg-turbo.
+fn decode_jpeg_libjpeg(bytes: &[u8], denominator: u32) -> Result<(Vec<u8>, u32, u32), FileFailure> {
+    // libjpeg reports fatal errors by unwinding (mozjpeg's error manager), not by return value.
+    let decoded = std::panic::catch_unwind(|| -> io::Result<(Vec<u8>, u32, u32)> {
+        let mut decompress = mozjpeg::Decompress::new_mem(bytes)?;
+        decompress.scale((8 / denominator) as u8);
+        let mut started = decompress.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let rgb = started.read_scanlines::<u8>()?;
+        // Trailing bytes or a missing end marker are the truncation check's business.
+        let _ = started.finish();
+        Ok((rgb, w, h))
+    });
+    match decoded {
+        Ok(Ok(decoded)) => Ok(decoded),
+        Ok(Err(e)) => Err(FileFailure::new(FailureKind::Corrupt, format!("jpeg: {}", e.to_string().to_lowercase()))),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("libjpeg error");
+            Err(FileFailure::new(FailureKind::Corrupt, format!("jpeg: {}", message.to_lowercase())))
+        }
+    }
 }
 
 fn jpeg_failure(e: jpeg_decoder::Error) -> FileFailure {
@@ -162,7 +197,8 @@ pub fn jpeg_end_marker_present(bytes: &[u8]) -> Option<bool> {
                 if marker == 0xDA {
                     // Entropy-coded data never holds FF D9 (an FF there is stuffed as FF 00).
                     let rest = bytes.get(i + 2 + length..).unwrap_or(&[]);
-                    return Some(rest.windows(2).any(|w| w == [0xFF, 0xD9]));
+                    // Searched from the end, where the marker of a complete file is.
+                    return Some(rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
                 }
                 i += 2 + length;
             }
