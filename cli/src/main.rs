@@ -16,9 +16,17 @@ enum Command {
     /// Run everything in this process: the API on an embedded queue, state file and vector
     /// store under --data-dir.
     Serve(ApiConfig),
-    /// Measure a stage's throughput on a directory (no server, no queue).
+    /// Measure throughput against a reference run in the same process (no server, no queue).
     #[command(subcommand)]
-    Bench(imgfleet_worker_cpu::bench::BenchCommand),
+    Bench(Bench),
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    #[command(flatten)]
+    Cpu(imgfleet_worker_cpu::bench::BenchCommand),
+    /// CLIP image and text encoding vs transformers, on a full-size random ViT-B/32 checkpoint.
+    Clip(imgfleet_worker_gpu::bench::ClipBench),
 }
 
 #[tokio::main]
@@ -29,8 +37,12 @@ async fn main() -> anyhow::Result<()> {
             imgfleet_shared::telemetry::init(config.log_json);
             imgfleet_api::run(config).await
         }
-        Command::Bench(command) => {
+        Command::Bench(Bench::Cpu(command)) => {
             println!("{}", imgfleet_worker_cpu::bench::run(command)?);
+            Ok(())
+        }
+        Command::Bench(Bench::Clip(args)) => {
+            print!("{}", imgfleet_worker_gpu::bench::run(&args)?);
             Ok(())
         }
     }

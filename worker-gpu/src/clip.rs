@@ -128,7 +128,7 @@ impl VisionTower {
         let patches = self.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
         let class = self.class_embedding.view([1, 1, -1]).expand([batch, 1, -1], false).to_kind(patches.kind());
         let x = Tensor::cat(&[class, patches], 1) + self.position_embedding.unsqueeze(0);
-        let x = self.encoder.forward(&self.pre_layrnorm.forward(&x), None);
+        let x = self.encoder.forward(&self.pre_layrnorm.forward(&x), false);
         self.post_layernorm.forward(&x.select(1, 0))
     }
 }
@@ -174,8 +174,7 @@ impl TextTower {
         let device = input_ids.device();
         let positions = Tensor::arange(len, (Kind::Int64, device));
         let x = self.token_embedding.forward(input_ids) + self.position_embedding.forward(&positions).unsqueeze(0);
-        let mask = Tensor::full([len, len], f64::NEG_INFINITY, (x.kind(), device)).triu(1);
-        let x = self.final_layer_norm.forward(&self.encoder.forward(&x, Some(&mask)));
+        let x = self.final_layer_norm.forward(&self.encoder.forward(&x, true));
         // As transformers: eos_token_id == 2 marks pre-2023 configs, which pool at the largest
         // id (the end-of-text token is the last of OpenAI's vocabulary); later configs at the
         // first EOS.
@@ -212,8 +211,8 @@ impl ClipModel {
         let tokenizer = ClipTokenizer::load(&dir.file("tokenizer.json")?, config.text_config.max_position_embeddings)?;
         let mut vs = nn::VarStore::new(device);
         let root = vs.root();
-        let vision = VisionTower::new(&root / "vision_model", &config.vision_config)?;
-        let text = TextTower::new(&root / "text_model", &config.text_config)?;
+        let mut vision = VisionTower::new(&root / "vision_model", &config.vision_config)?;
+        let mut text = TextTower::new(&root / "text_model", &config.text_config)?;
         let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
         let visual_projection =
             nn::linear(&root / "visual_projection", config.vision_config.hidden_size, config.projection_dim, no_bias);
@@ -225,6 +224,8 @@ impl ClipModel {
             vs.half();
         }
         vs.freeze();
+        vision.encoder.fuse();
+        text.encoder.fuse();
         Ok(Self { config, processor, tokenizer, vision, text, visual_projection, text_projection, _vs: vs, device, kind })
     }
 

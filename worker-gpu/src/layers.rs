@@ -2,7 +2,7 @@
 //! pre-LayerNorm encoder layers named as Hugging Face names them.
 
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::model_dir::ModelError;
 
@@ -41,14 +41,16 @@ pub struct EncoderConfig {
     pub act: Activation,
 }
 
-/// Multi-head self-attention with separate q/k/v projections (`q_proj`, `k_proj`, `v_proj`,
-/// `out_proj`).
+/// Multi-head self-attention with separate q/k/v projections in the checkpoint (`q_proj`,
+/// `k_proj`, `v_proj`, `out_proj`), fused into one projection once the weights are loaded.
 pub struct SelfAttention {
     q: nn::Linear,
     k: nn::Linear,
     v: nn::Linear,
     out: nn::Linear,
     heads: i64,
+    /// `[q; k; v]` weights and biases: one GEMM instead of three.
+    fused: Option<(Tensor, Tensor)>,
 }
 
 impl SelfAttention {
@@ -60,26 +62,33 @@ impl SelfAttention {
             v: nn::linear(p / "v_proj", hidden, hidden, c),
             out: nn::linear(p / "out_proj", hidden, hidden, c),
             heads,
+            fused: None,
         }
     }
 
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    /// Builds the fused projection from the loaded (and possibly half-precision) weights.
+    pub fn fuse(&mut self) {
+        let bias = |l: &nn::Linear| l.bs.as_ref().expect("attention projections have biases").shallow_clone();
+        let w = Tensor::cat(&[&self.q.ws, &self.k.ws, &self.v.ws], 0);
+        let b = Tensor::cat(&[bias(&self.q), bias(&self.k), bias(&self.v)], 0);
+        self.fused = Some((w, b));
+    }
+
+    /// `causal`: each position sees itself and earlier ones only.
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
         let (b, t, d) = x.size3().expect("[batch, len, hidden]");
         let hd = d / self.heads;
         let split = |y: Tensor| y.view([b, t, self.heads, hd]).transpose(1, 2);
-        let (q, k, v) = (split(self.q.forward(x)), split(self.k.forward(x)), split(self.v.forward(x)));
-        attend(&q, &k, &v, mask, x.kind()).transpose(1, 2).contiguous().view([b, t, d]).apply(&self.out)
+        let (q, k, v) = match &self.fused {
+            Some((w, bias)) => {
+                let qkv = x.linear(w, Some(bias)).view([b, t, 3, self.heads, hd]).permute([2, 0, 3, 1, 4]);
+                (qkv.get(0), qkv.get(1), qkv.get(2))
+            }
+            None => (split(self.q.forward(x)), split(self.k.forward(x)), split(self.v.forward(x))),
+        };
+        let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
+        attended.transpose(1, 2).contiguous().view([b, t, d]).apply(&self.out)
     }
-}
-
-/// softmax(q kᵀ / √d + mask) v, the softmax in fp32 as transformers computes it.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, kind: Kind) -> Tensor {
-    let hd = *q.size().last().expect("head dim");
-    let mut w = q.matmul(&k.transpose(-1, -2)) * (hd as f64).powf(-0.5);
-    if let Some(mask) = mask {
-        w = w + mask;
-    }
-    w.softmax(-1, Kind::Float).to_kind(kind).matmul(v)
 }
 
 struct EncoderLayer {
@@ -115,10 +124,17 @@ impl Encoder {
         Self { layers }
     }
 
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    /// Fuses each layer's q/k/v projections; call once the weights are loaded.
+    pub fn fuse(&mut self) {
+        for l in &mut self.layers {
+            l.attn.fuse();
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, causal: bool) -> Tensor {
         let mut x = x.shallow_clone();
         for l in &self.layers {
-            x = &x + l.attn.forward(&l.ln1.forward(&x), mask);
+            x = &x + l.attn.forward(&l.ln1.forward(&x), causal);
             let h = l.act.apply(&l.fc1.forward(&l.ln2.forward(&x)));
             x = &x + l.fc2.forward(&h);
         }

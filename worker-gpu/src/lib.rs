@@ -1,6 +1,7 @@
 //! imgfleet-worker-gpu: CLIP embeddings in `tch` (BLIP captions: a later issue), a dedicated
 //! model thread behind the `Encoder` port, and the seed's ML inference API.
 
+pub mod bench;
 pub mod clip;
 pub mod config;
 pub mod http;

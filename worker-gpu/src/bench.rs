@@ -1,0 +1,108 @@
+//! `imgfleet bench clip`: our CLIP encoder against transformers on the same full-size
+//! (ViT-B/32-shaped) random checkpoint, in the same run, at several batch sizes.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use tch::{Kind, Tensor};
+
+use crate::clip::ClipModel;
+use crate::model_dir::ModelDir;
+use crate::runtime::{device_name, parse_device};
+
+const REFERENCE_SCRIPT: &str = include_str!("../../scripts/bench/clip_reference.py");
+const TEXTS: [&str; 3] = ["a photo of a dog playing on the beach at sunset", "two cats", "a red car parked in front of a house"];
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClipBench {
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub batches: Vec<usize>,
+    /// Timed repetitions per batch size, after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// cpu, cuda or cuda:N (fp16 on CUDA, for both sides).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Python with torch and transformers (scripts/setup's venv).
+    #[arg(long, env = "IMGFLEET_PYTHON", default_value = "/opt/imgfleet/venv/bin/python")]
+    pub python: PathBuf,
+    /// Where the generated checkpoint goes (default: a temporary directory, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+fn per_second(batch: usize, repeats: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up
+    let start = Instant::now();
+    for _ in 0..repeats {
+        f();
+    }
+    (batch * repeats) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs both sides and returns the report.
+pub fn run(args: &ClipBench) -> anyhow::Result<String> {
+    let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let temp = tempfile_dir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| temp.clone());
+    let script = temp.join("clip_reference.py");
+    std::fs::write(&script, REFERENCE_SCRIPT)?;
+    let batches = args.batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    eprintln!("building a ViT-B/32-shaped random checkpoint and timing transformers ({})...", args.python.display());
+    let output = Command::new(&args.python)
+        .arg(&script)
+        .args(["--out", dir.to_str().context("checkpoint dir is not utf-8")?])
+        .args(["--batches", &batches, "--repeats", &args.repeats.to_string(), "--device", &device_name(device)])
+        .output()
+        .with_context(|| format!("running {}", args.python.display()))?;
+    if !output.status.success() {
+        bail!("the transformers side failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let reference: serde_json::Value = serde_json::from_slice(
+        output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).context("no output from the reference")?,
+    )?;
+
+    eprintln!("timing ours...");
+    let model = ClipModel::load(&ModelDir::resolve(dir.to_str().unwrap_or_default(), &[])?, device)?;
+    let mut report = format!(
+        "CLIP ViT-B/32 shape, random weights, {} ({}), {} timed runs per size; threads: ours {}, transformers {}\n\
+         {:<6} {:>8} {:>16} {:>16} {:>7}\n",
+        device_name(device),
+        if device.is_cuda() { "fp16" } else { "fp32" },
+        args.repeats,
+        tch::get_num_threads(),
+        reference["threads"],
+        "input", "batch", "ours /s", "transformers /s", "ratio"
+    );
+    for &b in &args.batches {
+        let pixels = Tensor::randn([b as i64, 3, 224, 224], (Kind::Float, tch::Device::Cpu));
+        let ours = per_second(b, args.repeats, || {
+            let _ = model.image_features(&pixels).sum(Kind::Float).double_value(&[]);
+        });
+        let theirs = reference["image"][b.to_string()].as_f64().context("missing reference figure")?;
+        report += &format!("{:<6} {:>8} {:>16.2} {:>16.2} {:>7.2}\n", "image", b, ours, theirs, ours / theirs);
+    }
+    let tokenizer = &model.tokenizer;
+    for &b in &args.batches {
+        let texts: Vec<String> = (0..b).map(|i| TEXTS[i % TEXTS.len()].to_owned()).collect();
+        let ids = model.ids_tensor(&tokenizer.encode(&texts).map_err(anyhow::Error::msg)?);
+        let ours = per_second(b, args.repeats, || {
+            let _ = model.text_features(&ids).sum(Kind::Float).double_value(&[]);
+        });
+        let theirs = reference["text"][b.to_string()].as_f64().context("missing reference figure")?;
+        report += &format!("{:<6} {:>8} {:>16.2} {:>16.2} {:>7.2}\n", "text", b, ours, theirs, ours / theirs);
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    Ok(report)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("imgfleet-bench-clip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
