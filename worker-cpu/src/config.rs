@@ -43,6 +43,11 @@ pub struct CpuStageConfig {
     /// Wait before re-checking a file whose content another worker is preparing right now.
     #[arg(long, env = "IMGFLEET_HELD_RETRY_MS", default_value_t = 5_000)]
     pub held_retry_ms: u64,
+    /// Delayed re-checks of a held file per delivery chain; after that the task is published
+    /// again under a new message id (and the old delivery acked), so a long wait never runs
+    /// into the queue's `max_deliver`, which must be at least this + 1.
+    #[arg(long, env = "IMGFLEET_HELD_RETRIES", default_value_t = 3)]
+    pub held_retries: u32,
     /// First retry delay after a transient error (doubles per delivery, at most 30 s).
     #[arg(long, env = "IMGFLEET_RETRY_BASE_MS", default_value_t = 500)]
     pub retry_base_ms: u64,
@@ -70,6 +75,7 @@ impl Default for CpuStageConfig {
             max_decode_bytes: 512 * 1024 * 1024,
             claim_ttl_secs: 600,
             held_retry_ms: 5_000,
+            held_retries: 3,
             retry_base_ms: 500,
             fetch_wait_ms: 1_000,
             symlinks: SymlinkPolicy::InsideRoot,

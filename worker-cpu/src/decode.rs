@@ -306,6 +306,16 @@ mod tests {
     }
 
     #[test]
+    fn libjpeg_errors_unwind_into_failures() {
+        // libjpeg's fatal errors unwind through C (mozjpeg-sys `unwinding`); without it this
+        // would abort the process instead of failing the file.
+        let failure = decode_jpeg_libjpeg(b"\xFF\xD8\xFF\xDBthis is not really a jpeg", 1).unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Corrupt, "{failure}");
+        let failure = decode_jpeg_libjpeg(b"plain text", 2).unwrap_err();
+        assert_eq!(failure.kind, FailureKind::Corrupt, "{failure}");
+    }
+
+    #[test]
     fn heif_and_avif_are_unsupported() {
         for format in [SniffedFormat::Heif, SniffedFormat::Avif] {
             let failure = decode(b"\0\0\0\x18ftypheic", format, 224, DecodeLimits::default()).unwrap_err();

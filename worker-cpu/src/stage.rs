@@ -8,7 +8,8 @@
 //! from the sha256 (nothing stored twice). `Done`: a duplicate; its path goes to the indexer as a
 //! `DuplicatePath` on `Stream::Encoded`. `HeldByOther`: the same content is being prepared right
 //! now (two copies in one job): retried after a delay, by then it is done (a duplicate) or its
-//! claim has expired (taken over).
+//! claim has expired (taken over); after `held_retries` delayed retries the task is published
+//! again under a new id, so however long the wait, it never reaches the queue's `max_deliver`.
 //!
 //! Every delivery is settled: ack once the outcome is recorded or the output published, retry
 //! after a delay on a transient error (queue or state store), terminate an undecodable message.
@@ -28,6 +29,11 @@ use crate::config::{ConfigError, CpuStageConfig};
 use crate::failure::{FailureKind, FileFailure};
 use crate::hash::{read_and_hash, sha256_hex};
 use crate::prepare::{PrepareOptions, prepare, prepared_message_bound, sniff_file};
+use crate::scan::file_task_id;
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
 
 /// Message id of the prepared image of `sha256` in `collection`: one per content and collection.
 pub fn prepared_id(collection: &str, sha256: &str) -> String {
@@ -101,7 +107,7 @@ impl CpuStage {
     pub async fn handle(&self, delivery: Delivery) {
         let settle = match messages::decode::<FileTask>(&delivery.payload) {
             Err(e) => Settle::Terminate(format!("undecodable file task: {e}")),
-            Ok(task) => match self.process(&task).await {
+            Ok(task) => match self.process(&task, delivery.deliveries).await {
                 Ok(settle) => settle,
                 Err(e) => {
                     let delay = self.config.retry_delay(delivery.deliveries);
@@ -115,7 +121,7 @@ impl CpuStage {
         }
     }
 
-    async fn process(&self, task: &FileTask) -> Result<Settle, Transient> {
+    async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, Transient> {
         let path = PathBuf::from(&task.path);
         let max_bytes = self.config.max_file_bytes;
         let read = blocking(move || {
@@ -134,6 +140,13 @@ impl CpuStage {
         match self.state.claim(&task.collection, &sha256, owner, self.config.claim_ttl()).await? {
             Claim::Done { point_id } => self.duplicate(task, &sha256, point_id).await,
             Claim::HeldByOther { owner, expires_in } => {
+                if deliveries > self.config.held_retries {
+                    // A fresh message starts a fresh delivery count: waiting never dead-letters.
+                    let id = format!("{}:recheck:{}", file_task_id(&task.job_id, &task.path), now_ms());
+                    self.queue.publish(Stream::Files, &id, messages::encode(task)).await?;
+                    debug!(path = %task.path, sha256, holder = %owner, "content still held; task published again");
+                    return Ok(Settle::Ack);
+                }
                 let delay = expires_in.min(self.config.held_retry()).max(Duration::from_millis(10));
                 debug!(path = %task.path, sha256, holder = %owner, delay_ms = delay.as_millis() as u64, "content held by another worker");
                 Ok(Settle::Retry(delay))

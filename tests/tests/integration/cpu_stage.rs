@@ -333,6 +333,9 @@ fn test_config(owner: &str) -> CpuStageConfig {
         batch: 8,
         max_file_bytes: 2 * 1024 * 1024,
         held_retry_ms: 50,
+        // With the queue's max_deliver of 3: a copy waiting for its twin is re-published
+        // rather than dead-lettered.
+        held_retries: 2,
         retry_base_ms: 50,
         worker_id: Some(owner.to_owned()),
         ..CpuStageConfig::default()
@@ -345,7 +348,7 @@ impl Pipeline {
         let state_dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(MemoryQueue::new(MemoryQueueConfig {
             ack_wait,
-            max_deliver: 1000,
+            max_deliver: 3,
             ..MemoryQueueConfig::default()
         }));
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(state_dir.path()).unwrap());
