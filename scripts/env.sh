@@ -4,6 +4,6 @@ IMGFLEET_PREFIX=/opt/imgfleet
 IMGFLEET_VENV=$IMGFLEET_PREFIX/venv
 IMGFLEET_BIN=$IMGFLEET_PREFIX/bin
 TORCH_VERSION=2.11.0
-export PATH="$IMGFLEET_BIN:$HOME/.cargo/bin:$PATH"
+export PATH="$IMGFLEET_BIN:${CARGO_HOME:-${HOME:-/root}/.cargo}/bin:$PATH"
 step() { printf '==> %s\n' "$*"; }
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
