@@ -83,21 +83,25 @@ pub fn decode_image(image_base64: &str, filename: Option<&str>) -> Result<RgbIma
     if bytes.is_empty() {
         return Err(format!("{name}the image is empty"));
     }
-    let reader = image::ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("{name}cannot read the image: {e}"))?;
-    if reader.format().is_none() {
+    let open = || {
+        image::ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("{name}cannot read the image: {e}"))
+    };
+    let header = open()?;
+    if header.format().is_none() {
         return Err(format!("{name}not an image in a supported format (JPEG, PNG, WebP, GIF, BMP, TIFF)"));
     }
-    let mut reader = reader;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 4);
-    reader.limits(limits);
-    let (w, h) = reader.into_dimensions().map_err(|e| format!("{name}cannot read the image header: {e}"))?;
+    // The header alone says how large the pixels would be: refuse a bomb before decoding it.
+    let (w, h) = header.into_dimensions().map_err(|e| format!("{name}cannot read the image header: {e}"))?;
     if u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
         return Err(format!("{name}{w}x{h} is more than {MAX_IMAGE_PIXELS} pixels"));
     }
-    let decoded = image::load_from_memory(&bytes).map_err(|e| format!("{name}cannot decode the image: {e}"))?;
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS * 4);
+    reader.limits(limits);
+    let decoded = reader.decode().map_err(|e| format!("{name}cannot decode the image: {e}"))?;
     let rgb = decoded.to_rgb8();
     Ok(RgbImage { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
 }
