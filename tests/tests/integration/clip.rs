@@ -147,3 +147,25 @@ fn offline_hub_miss_says_how_to_give_a_directory() {
     let err = ModelDir::resolve_with("openai/clip-vit-base-patch32", &["config.json"], empty, true).unwrap_err().to_string();
     assert!(err.contains("HF_HUB_OFFLINE") && err.contains("local directory"), "{err}");
 }
+
+/// The CPU stage's model-ready pixels embed like transformers' own preprocessing of the same
+/// file (a 1024x768 JPEG the stage decodes at half scale, and a 320x240 PNG), through a tiny
+/// random CLIP at the real input size.
+#[test]
+fn cpu_stage_pixels_embed_like_transformers_preprocessing() {
+    use imgfleet_worker_cpu::hash::read_and_hash;
+    use imgfleet_worker_cpu::prepare::{PrepareOptions, prepare, sniff_file};
+    let model = load("clip-tiny-224");
+    let refs: HashMap<String, Tensor> =
+        Tensor::read_safetensors(fixture("clip-tiny-224").join("reference.safetensors")).unwrap().into_iter().collect();
+    for (name, min_cos) in [("photo_1024x768.jpg", 0.99999), ("photo_320x240.png", 0.99999)] {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cpu_stage").join(name);
+        let file = read_and_hash(&path, u64::MAX).unwrap();
+        let prepared = prepare(&path, &file, sniff_file(&file).unwrap(), PrepareOptions::default()).unwrap();
+        let image = RgbImage { width: 224, height: 224, data: prepared.clip_pixels };
+        let ours = model.image_features(&pixel_tensor(&model, &[image]));
+        let (cos, diff) = compare(&ours, &refs[name].unsqueeze(0));
+        println!("{name}: CPU stage pixels vs transformers: cosine {cos:.7}, max abs diff {diff:.2e}");
+        assert!(cos >= min_cos, "{name}: cosine {cos}");
+    }
+}
