@@ -12,13 +12,15 @@ reference.safetensors / reference.json. Deterministic: running it again gives th
 import argparse
 import json
 import os
+import re
 
 import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+from transformers import BlipConfig, GenerationConfig, BlipForConditionalGeneration, CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -155,6 +157,134 @@ def make_clip(out: str, name: str, seed: int, text: dict, vision: dict, projecti
     print(f"wrote {path}: vocab {tok.get_vocab_size()}, {sum(p.numel() for p in model.parameters())} parameters")
 
 
+BLIP_PROMPT = "a picture of"
+# CLIP's corpus (unchanged, so its fixtures stay byte-identical) plus the prompt's words.
+BLIP_CORPUS = CORPUS + "a picture of a bird. a picture of people.\n" * 20
+BLIP_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# Generation runs recorded per BLIP checkpoint: transformers' defaults (what
+# BlipForConditionalGeneration.generate does with no arguments), then explicit greedy and
+# 3-beam settings that exercise every knob the Rust side implements.
+BLIP_RUNS = {
+    "default": dict(prompt=False, kwargs={}),
+    "default_prompt": dict(prompt=True, kwargs={}),
+    "greedy_penalised": dict(prompt=True, kwargs=dict(max_new_tokens=9, min_new_tokens=6, repetition_penalty=1.4)),
+    "beam3": dict(prompt=False, kwargs=dict(num_beams=3, max_new_tokens=10)),
+    "beam3_prompt": dict(
+        prompt=True,
+        kwargs=dict(num_beams=3, max_new_tokens=9, min_new_tokens=3, repetition_penalty=1.5, length_penalty=0.6,
+                    early_stopping=True),
+    ),
+    "beam3_never": dict(prompt=False, kwargs=dict(num_beams=3, max_length=9, min_length=4, length_penalty=1.3,
+                                                  early_stopping="never")),
+}
+
+
+def bert_tokenizer(words: int) -> Tokenizer:
+    """A small uncased BERT WordPiece tokenizer, as bert-base-uncased's tokenizer.json is built,
+    plus BLIP's added [DEC] (decoder bos) and [ENC] special tokens. The vocabulary is built here,
+    not trained: the tokenizers trainers order ties by hash and are not deterministic."""
+    counts = {}
+    for word in re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]", BLIP_CORPUS.lower()):
+        counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for w in counts for c in w})
+    frequent = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if len(w) > 1][:words]
+    # Suffix pieces of the frequent words, so unseen words and generated ids go through "##".
+    suffixes = sorted({"##" + w[-k:] for w in frequent for k in (2, 3) if len(w) > k + 1})
+    vocab = BLIP_SPECIAL + chars + ["##" + c for c in chars if c.isalnum()] + frequent + suffixes
+    vocab = list(dict.fromkeys(vocab))
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.add_special_tokens(BLIP_SPECIAL + ["[DEC]", "[ENC]"])
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return tok
+
+
+def noisy_blip_(model: torch.nn.Module, seed: int) -> None:
+    """Seeded noise on every parameter, scaled so activations stay in a useful range."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
+            if ("norm" in name or "LayerNorm" in name) and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            elif "embeddings" in name or name.endswith("predictions.bias"):
+                p.copy_(0.5 * noise)
+            else:
+                p.copy_(0.15 * noise)
+
+
+def make_blip(
+    out: str, name: str, seed: int, text: dict, vision: dict, vocab: int, sep_bias: float, generation: dict | None
+) -> None:
+    path = os.path.join(out, name)
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = bert_tokenizer(vocab)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        mask_token="[MASK]", bos_token="[DEC]", additional_special_tokens=["[ENC]"],
+        model_max_length=text["max_position_embeddings"], clean_up_tokenization_spaces=True,
+    )
+    hf_tok.save_pretrained(path)
+
+    # As Salesforce/blip-image-captioning-base: bos = [DEC], sep = [SEP] (the end of a caption),
+    # pad = [PAD] = 0, and an eos_token_id that only fills the unconditional prompt.
+    text = dict(text, vocab_size=tok.get_vocab_size(), bos_token_id=tok.token_to_id("[DEC]"),
+                sep_token_id=tok.token_to_id("[SEP]"), pad_token_id=tok.token_to_id("[PAD]"), eos_token_id=2)
+    config = BlipConfig(text_config=text, vision_config=vision)
+    model = BlipForConditionalGeneration(config).eval()
+    noisy_blip_(model, seed)
+    with torch.no_grad():
+        # Random weights almost never end a caption; a [SEP] bias makes rows end at different
+        # steps, so per-row stopping, minimum lengths and beam early stopping are exercised.
+        model.text_decoder.cls.predictions.bias[text["sep_token_id"]] = sep_bias
+    if generation is not None:
+        # Written as a checkpoint may carry it; transformers 5.24's BLIP generate does not read it.
+        model.generation_config = GenerationConfig(**generation)
+    model.save_pretrained(path, safe_serialization=True)
+
+    size = vision["image_size"]
+    processor = BlipImageProcessorPil(size={"height": size, "width": size})
+    processor.save_pretrained(path)
+
+    rng = np.random.default_rng(seed)
+    at_size = test_images(rng, [(size, size)] * 3)
+    larger = test_images(rng, [(size * 2 + 5, size * 3 - 1), (size * 4, size + 3)])
+    refs = {}
+    meta = {"prompt": BLIP_PROMPT, "images": len(at_size), "larger": len(larger), "runs": {}}
+    with torch.no_grad():
+        for label, images in [("at_size", at_size), ("larger", larger)]:
+            pixels = processor(images=[Image.fromarray(i) for i in images], return_tensors="pt").pixel_values
+            refs[f"{label}.pixel_values"] = pixels.contiguous()
+            for i, image in enumerate(images):
+                refs[f"{label}.image.{i}"] = torch.from_numpy(image.copy())
+        pixels = refs["at_size.pixel_values"]
+        refs["image_embeds"] = model.vision_model(pixel_values=pixels).last_hidden_state.contiguous()
+        prompt = hf_tok([BLIP_PROMPT] * len(at_size), return_tensors="pt")
+        refs["prompt_ids"] = prompt.input_ids[0].to(torch.int64).contiguous()
+        for run, spec in BLIP_RUNS.items():
+            extra = dict(input_ids=prompt.input_ids.clone(), attention_mask=prompt.attention_mask) if spec["prompt"] else {}
+            result = model.generate(pixel_values=pixels, **extra, **spec["kwargs"], return_dict_in_generate=True,
+                                    output_logits=True)
+            refs[f"{run}.sequences"] = result.sequences.to(torch.int64).contiguous()
+            refs[f"{run}.logits"] = torch.stack(result.logits).contiguous()
+            meta["runs"][run] = {
+                "prompt": spec["prompt"],
+                "generation": spec["kwargs"],
+                "captions": hf_tok.batch_decode(result.sequences, skip_special_tokens=True),
+            }
+    save_file(refs, os.path.join(path, "reference.safetensors"))
+    with open(os.path.join(path, "reference.json"), "w") as f:
+        json.dump(meta, f, ensure_ascii=False, indent=1)
+    print(f"wrote {path}: vocab {tok.get_vocab_size()}, {sum(p.numel() for p in model.parameters())} parameters")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "models"))
@@ -181,6 +311,34 @@ def main() -> None:
         vision=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
                     image_size=30, patch_size=6, hidden_act="gelu", layer_norm_eps=1e-6),
         projection_dim=16,
+    )
+    # BLIP A: transformers' default generation (no generation_config.json), prompt shorter than
+    # the position table, so the default 20 new tokens all fit.
+    make_blip(
+        args.out,
+        "blip-tiny-a",
+        seed=3,
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=32),
+        vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    image_size=32, patch_size=8),
+        vocab=40,
+        sep_bias=4.0,
+        generation=None,
+    )
+    # BLIP B: other sizes and epsilons, vision wider than text (cross-attention projects 48 -> 40),
+    # a position table short enough to cap the default length, and a generation_config.json.
+    make_blip(
+        args.out,
+        "blip-tiny-b",
+        seed=4,
+        text=dict(hidden_size=40, intermediate_size=72, num_hidden_layers=1, num_attention_heads=5,
+                  max_position_embeddings=16, layer_norm_eps=1e-6),
+        vision=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
+                    image_size=30, patch_size=6, layer_norm_eps=1e-6),
+        vocab=60,
+        sep_bias=4.0,
+        generation=dict(num_beams=3, max_length=12),
     )
 
 

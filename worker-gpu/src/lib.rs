@@ -2,8 +2,10 @@
 //! model thread behind the `Encoder` port, and the seed's ML inference API.
 
 pub mod bench;
+pub mod blip;
 pub mod clip;
 pub mod config;
+pub mod generate;
 pub mod http;
 pub mod layers;
 pub mod model_dir;

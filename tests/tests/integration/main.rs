@@ -1,6 +1,7 @@
 //! One test binary (one link) for every integration test.
 
 mod api;
+mod blip;
 mod clip;
 mod cpu_stage;
 mod edge_store;
