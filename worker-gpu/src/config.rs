@@ -19,6 +19,12 @@ pub struct GpuWorkerConfig {
     #[arg(long, env = "IMGFLEET_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32")]
     pub clip_model: String,
 
+    /// BLIP captioning checkpoint (e.g. Salesforce/blip-image-captioning-base): a local directory
+    /// or a Hugging Face repo id. Default: none, captioning off (caption requests answer 503), so
+    /// the worker starts without network or a 1 GB download.
+    #[arg(long, env = "IMGFLEET_BLIP_MODEL")]
+    pub blip_model: Option<String>,
+
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,

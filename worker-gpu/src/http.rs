@@ -26,6 +26,8 @@ pub fn router(state: MlState, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/embed", post(embed))
         .route("/embed_text", post(embed_text))
+        .route("/caption", post(caption))
+        .route("/batch_embed_and_caption", post(batch_embed_and_caption))
         .route("/capabilities", get(capabilities));
     Router::new()
         .nest("/api/v1", api)
@@ -134,4 +136,98 @@ pub async fn embed_text(State(state): State<MlState>, ApiJson(request): ApiJson<
 /// `{safe_clip_batch, safe_blip_batch, embedding_dim, device, clip_model, blip_model}`.
 pub async fn capabilities(State(state): State<MlState>) -> (StatusCode, Json<Capabilities>) {
     (StatusCode::OK, Json(state.encoder.capabilities()))
+}
+
+#[derive(Serialize)]
+pub struct CaptionResponse {
+    pub caption: String,
+}
+
+/// `{image_base64, filename}` → `{caption}` (BLIP, transformers' default decoding); 503 when
+/// no captioning model is loaded.
+pub async fn caption(State(state): State<MlState>, ApiJson(request): ApiJson<ImageRequest>) -> AppResult<Json<CaptionResponse>> {
+    let image = decode_off_runtime(request).await?;
+    let mut captions = state.encoder.caption_images(vec![image]).await?;
+    let caption = captions.pop().ok_or_else(|| AppError::internal("the captioner returned no caption"))?;
+    Ok(Json(CaptionResponse { caption }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchImage {
+    pub unique_id: String,
+    pub image_base64: String,
+    #[serde(default)]
+    pub filename: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub images: Vec<BatchImage>,
+}
+
+#[derive(Serialize)]
+pub struct BatchResult {
+    pub unique_id: String,
+    pub filename: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// Most images in one batch request.
+pub const MAX_BATCH_IMAGES: usize = 1024;
+
+/// `{images: [{unique_id, image_base64, filename}]}` → `{results: [{unique_id, filename,
+/// embedding?, caption?, error?}]}`, in request order. An image that cannot be decoded is an
+/// `error` on its own row; the others are embedded (and captioned when a captioning model is
+/// loaded) together.
+pub async fn batch_embed_and_caption(
+    State(state): State<MlState>,
+    ApiJson(request): ApiJson<BatchRequest>,
+) -> AppResult<Json<BatchResponse>> {
+    if request.images.is_empty() {
+        return Err(AppError::invalid("images must not be empty"));
+    }
+    if request.images.len() > MAX_BATCH_IMAGES {
+        return Err(AppError::invalid(format!("at most {MAX_BATCH_IMAGES} images per request")));
+    }
+    let (decoded, mut results) = tokio::task::spawn_blocking(move || {
+        let mut decoded = Vec::new();
+        let mut results = Vec::with_capacity(request.images.len());
+        for item in request.images {
+            let outcome = decode_image(&item.image_base64, item.filename.as_deref());
+            let mut result =
+                BatchResult { unique_id: item.unique_id, filename: item.filename, embedding: None, caption: None, error: None };
+            match outcome {
+                Ok(image) => decoded.push((results.len(), image)),
+                Err(message) => result.error = Some(message),
+            }
+            results.push(result);
+        }
+        (decoded, results)
+    })
+    .await
+    .map_err(|e| AppError::internal(e.to_string()))?;
+    if decoded.is_empty() {
+        return Ok(Json(BatchResponse { results }));
+    }
+    let (rows, images): (Vec<usize>, Vec<RgbImage>) = decoded.into_iter().unzip();
+    let captioning = state.encoder.capabilities().safe_blip_batch > 0;
+    let embeddings = state.encoder.embed_images(images.clone()).await?;
+    let captions = if captioning { Some(state.encoder.caption_images(images).await?) } else { None };
+    for (i, (row, embedding)) in rows.iter().zip(embeddings).enumerate() {
+        results[*row].embedding = Some(embedding);
+        results[*row].caption = captions.as_ref().map(|c| c[i].clone());
+    }
+    Ok(Json(BatchResponse { results }))
 }

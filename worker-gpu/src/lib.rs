@@ -1,4 +1,4 @@
-//! imgfleet-worker-gpu: CLIP embeddings in `tch` (BLIP captions: a later issue), a dedicated
+//! imgfleet-worker-gpu: CLIP embeddings and BLIP captions in `tch`, a dedicated
 //! model thread behind the `Encoder` port, and the seed's ML inference API.
 
 pub mod bench;
@@ -26,6 +26,7 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
     let device = parse_device(&config.device).map_err(anyhow::Error::msg)?;
     let options = RuntimeOptions {
         clip_model: config.clip_model.clone(),
+        blip_model: config.blip_model.clone(),
         device,
         cpu_batch: config.cpu_batch,
         max_waiting: config.max_waiting,

@@ -16,8 +16,13 @@ use serde_json::{Value, json};
 use crate::clip::fixture;
 
 async fn encoder(cpu_batch: usize) -> Arc<TchEncoder> {
+    encoder_with(cpu_batch, None).await
+}
+
+async fn encoder_with(cpu_batch: usize, blip: Option<&str>) -> Arc<TchEncoder> {
     let options = RuntimeOptions {
         clip_model: fixture("clip-tiny-a").to_string_lossy().into_owned(),
+        blip_model: blip.map(|name| fixture(name).to_string_lossy().into_owned()),
         device: tch::Device::Cpu,
         cpu_batch,
         max_waiting: 8,
@@ -40,6 +45,21 @@ mod tch_encoder_contract {
     imgfleet_tests::encoder_contract!(TchFixture);
 }
 
+/// CLIP and BLIP on the same model thread; a batch of 2 makes 3 captions two passes.
+struct TchCaptioningFixture;
+
+#[async_trait]
+impl EncoderFixture for TchCaptioningFixture {
+    async fn open(&self) -> Arc<dyn Encoder> {
+        encoder_with(2, Some("blip-tiny-a")).await
+    }
+}
+
+mod tch_captioning_encoder_contract {
+    use super::TchCaptioningFixture;
+    imgfleet_tests::encoder_contract!(TchCaptioningFixture);
+}
+
 fn png_base64(image: &RgbImage) -> String {
     let buffer = image::RgbImage::from_raw(image.width, image.height, image.data.clone()).unwrap();
     let mut bytes = Vec::new();
@@ -53,7 +73,11 @@ struct MlServer {
 }
 
 async fn serve() -> MlServer {
-    let encoder = encoder(4).await;
+    serve_with(None).await
+}
+
+async fn serve_with(blip: Option<&str>) -> MlServer {
+    let encoder = encoder_with(4, blip).await;
     let state = MlState { encoder: Arc::clone(&encoder) as Arc<dyn Encoder> };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -160,4 +184,62 @@ fn a_missing_model_stops_the_worker_with_a_message_naming_it() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/no/such/model-dir"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caption_endpoints_answer_what_the_encoder_computes_and_isolate_a_bad_image() {
+    let server = serve_with(Some("blip-tiny-a")).await;
+    let caps: Value = Client::new().get(format!("{}/api/v1/capabilities", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(caps["safe_blip_batch"], 4);
+    assert!(caps["blip_model"].as_str().unwrap().ends_with("blip-tiny-a"), "{caps}");
+
+    let images = [picture(64, 48, 1), picture(32, 32, 2), picture(100, 30, 3)];
+    let direct_captions = server.encoder.caption_images(images.to_vec()).await.unwrap();
+    let direct_embeddings = server.encoder.embed_images(images.to_vec()).await.unwrap();
+    let (status, body) = post(&server, "/api/v1/caption", json!({"image_base64": png_base64(&images[0]), "filename": "a.png"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["caption"], direct_captions[0].as_str());
+
+    let bad = base64::engine::general_purpose::STANDARD.encode(b"not an image at all");
+    let request = json!({"images": [
+        {"unique_id": "one", "image_base64": png_base64(&images[0]), "filename": "one.png"},
+        {"unique_id": "bad", "image_base64": bad, "filename": "bad.jpg"},
+        {"unique_id": "two", "image_base64": png_base64(&images[1]), "filename": "two.png"},
+        {"unique_id": "three", "image_base64": png_base64(&images[2])},
+    ]});
+    let (status, body) = post(&server, "/api/v1/batch_embed_and_caption", request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let results = body["results"].as_array().unwrap();
+    let ids: Vec<&str> = results.iter().map(|r| r["unique_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["one", "bad", "two", "three"], "rows keep request order");
+    let bad_row = &results[1];
+    assert!(bad_row["error"].as_str().unwrap().contains("bad.jpg"), "{bad_row}");
+    assert!(bad_row.get("embedding").is_none() && bad_row.get("caption").is_none(), "{bad_row}");
+    for (row, i) in [(0, 0), (2, 1), (3, 2)] {
+        let result = &results[row];
+        assert!(result.get("error").is_none(), "{result}");
+        assert_eq!(result["caption"], direct_captions[i].as_str(), "row {row}");
+        let embedding: Vec<f32> = serde_json::from_value(result["embedding"].clone()).unwrap();
+        assert!(close(&embedding, &direct_embeddings[i]), "row {row}: embedding equals the encoder's");
+    }
+    assert_eq!(results[0]["filename"], "one.png");
+    assert_eq!(results[3]["filename"], Value::Null);
+
+    let (status, body) = post(&server, "/api/v1/batch_embed_and_caption", json!({"images": []})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_blip_model_captions_are_unavailable_and_batches_still_embed() {
+    let server = serve().await;
+    let image = png_base64(&picture(40, 40, 4));
+    let (status, body) = post(&server, "/api/v1/caption", json!({"image_base64": image, "filename": "a.png"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("--blip-model"), "{body}");
+    let (status, body) =
+        post(&server, "/api/v1/batch_embed_and_caption", json!({"images": [{"unique_id": "x", "image_base64": image}]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let row = &body["results"][0];
+    assert_eq!(row["embedding"].as_array().unwrap().len(), 24);
+    assert!(row.get("caption").is_none(), "{row}");
 }
