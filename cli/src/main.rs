@@ -27,6 +27,8 @@ enum Bench {
     Cpu(imgfleet_worker_cpu::bench::BenchCommand),
     /// CLIP image and text encoding vs transformers, on a full-size random ViT-B/32 checkpoint.
     Clip(imgfleet_worker_gpu::bench::ClipBench),
+    /// BLIP captioning (fixed-length greedy generate) vs transformers, on a full-size random BLIP-base checkpoint.
+    Blip(imgfleet_worker_gpu::bench::BlipBench),
 }
 
 #[tokio::main]
@@ -43,6 +45,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(Bench::Clip(args)) => {
             print!("{}", imgfleet_worker_gpu::bench::run(&args)?);
+            Ok(())
+        }
+        Command::Bench(Bench::Blip(args)) => {
+            print!("{}", imgfleet_worker_gpu::bench::run_blip(&args)?);
             Ok(())
         }
     }

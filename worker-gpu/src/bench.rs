@@ -106,3 +106,84 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+const BLIP_REFERENCE_SCRIPT: &str = include_str!("../../scripts/bench/blip_reference.py");
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BlipBench {
+    /// Batch sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub batches: Vec<usize>,
+    /// Timed repetitions per batch size, after one warm-up.
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+    /// New tokens per caption, for both sides (min and max new tokens equal).
+    #[arg(long, default_value_t = 20)]
+    pub tokens: usize,
+    /// cpu, cuda or cuda:N (fp16 on CUDA, for both sides).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Python with torch and transformers (scripts/setup's venv).
+    #[arg(long, env = "IMGFLEET_PYTHON", default_value = "/opt/imgfleet/venv/bin/python")]
+    pub python: PathBuf,
+    /// Where the generated checkpoint goes (default: a temporary directory, removed after).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `imgfleet bench blip`: greedy captions of a fixed length, ours against transformers'
+/// `generate`, on the same full-size BLIP-base-shaped random checkpoint.
+pub fn run_blip(args: &BlipBench) -> anyhow::Result<String> {
+    let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let temp = tempfile_dir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| temp.clone());
+    let script = temp.join("blip_reference.py");
+    std::fs::write(&script, BLIP_REFERENCE_SCRIPT)?;
+    let batches = args.batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    eprintln!("building a BLIP-base-shaped random checkpoint and timing transformers ({})...", args.python.display());
+    let output = Command::new(&args.python)
+        .arg(&script)
+        .args(["--out", dir.to_str().context("checkpoint dir is not utf-8")?])
+        .args(["--batches", &batches, "--repeats", &args.repeats.to_string(), "--tokens", &args.tokens.to_string()])
+        .args(["--device", &device_name(device)])
+        .output()
+        .with_context(|| format!("running {}", args.python.display()))?;
+    if !output.status.success() {
+        bail!("the transformers side failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let reference: serde_json::Value = serde_json::from_slice(
+        output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).context("no output from the reference")?,
+    )?;
+
+    eprintln!("timing ours...");
+    let model = crate::blip::BlipModel::load(&ModelDir::resolve(dir.to_str().unwrap_or_default(), &[])?, device)?;
+    let params = crate::generate::GenerationParams {
+        min_new_tokens: Some(args.tokens),
+        max_new_tokens: Some(args.tokens),
+        ..Default::default()
+    };
+    let mut report = format!(
+        "BLIP base shape (ViT-B/16 at 384, 12-layer BERT decoder), random weights, {} ({}), greedy, {} new tokens, \
+         {} timed runs per size; threads: ours {}, transformers {}\n{:>6} {:>16} {:>16} {:>7}\n",
+        device_name(device),
+        if device.is_cuda() { "fp16" } else { "fp32" },
+        args.tokens,
+        args.repeats,
+        tch::get_num_threads(),
+        reference["threads"],
+        "batch", "ours images/s", "transformers /s", "ratio"
+    );
+    for &b in &args.batches {
+        let pixels = Tensor::randn([b as i64, 3, 384, 384], (Kind::Float, tch::Device::Cpu));
+        let ours = per_second(b, args.repeats, || {
+            let captions = model.caption(&pixels, None, &params).expect("captions");
+            assert_eq!(captions.len(), b);
+        });
+        let theirs = reference["captions"][b.to_string()].as_f64().context("missing reference figure")?;
+        report += &format!("{:>6} {:>16.3} {:>16.3} {:>7.2}\n", b, ours, theirs, ours / theirs);
+    }
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    Ok(report)
+}
