@@ -162,9 +162,21 @@ async fn the_worker_binary_serves_the_ml_api_and_stops_on_sigterm() {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+    let blip = fixture("blip-tiny-a").to_string_lossy().into_owned();
+    let args: Vec<String> = args.into_iter().chain(["--blip-model".to_owned(), blip.clone()]).collect();
     let worker = imgfleet_tests::harness::ChildProcess::spawn("imgfleet-worker-gpu", &args);
     let caps: Value = Client::new().get(worker.url("/api/v1/capabilities")).send().await.unwrap().json().await.unwrap();
     assert_eq!((caps["safe_clip_batch"].as_u64(), caps["embedding_dim"].as_u64()), (Some(3), Some(24)));
+    assert_eq!((caps["safe_blip_batch"].as_u64(), caps["blip_model"].as_str()), (Some(3), Some(blip.as_str())));
+    let image = picture(60, 40, 3);
+    let response = Client::new()
+        .post(worker.url("/api/v1/caption"))
+        .json(&json!({"image_base64": png_base64(&image), "filename": "p.png"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.json::<Value>().await.unwrap()["caption"].is_string());
     let response = Client::new()
         .post(worker.url("/api/v1/embed_text"))
         .json(&json!({"texts": ["hello"]}))
