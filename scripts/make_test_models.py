@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BlipConfig, GenerationConfig, BlipForConditionalGeneration, CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -51,12 +51,13 @@ HARD_TEXTS = [
 
 
 def clip_tokenizer(vocab_size: int) -> Tokenizer:
-    """A small BPE tokenizer built like OpenAI CLIP's tokenizer.json."""
-    tok = Tokenizer(models.BPE(unk_token=EOS, end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Sequence(
+    """A small BPE tokenizer built like OpenAI CLIP's tokenizer.json: every byte, every byte at a
+    word's end (`</w>`), then merges learnt from CORPUS. The merges are learnt here rather than
+    with the tokenizers trainer, which breaks ties in hash order and is not deterministic."""
+    normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(
                 Regex(
@@ -68,14 +69,42 @@ def clip_tokenizer(vocab_size: int) -> Tokenizer:
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = [BOS, EOS] + alphabet + [c + "</w>" for c in alphabet]
+    counts: dict[tuple, int] = {}
+    for line in CORPUS.splitlines():
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)):
+            symbols = tuple(word[:-1]) + (word[-1] + "</w>",)
+            counts[symbols] = counts.get(symbols, 0) + 1
+    merges = []
+    while len(vocab) < vocab_size:
+        pairs: dict[tuple, int] = {}
+        for symbols, n in counts.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] = pairs.get(pair, 0) + n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))  # most frequent; ties by text
+        merged = best[0] + best[1]
+        merges.append(best)
+        vocab.append(merged)
+        new_counts: dict[tuple, int] = {}
+        for symbols, n in counts.items():
+            out, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            new_counts[tuple(out)] = new_counts.get(tuple(out), 0) + n
+        counts = new_counts
+    tok = Tokenizer(
+        models.BPE(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, unk_token=EOS, end_of_word_suffix="</w>")
     )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
     tok.post_processor = processors.RobertaProcessing(
         (EOS, tok.token_to_id(EOS)), (BOS, tok.token_to_id(BOS)), trim_offsets=False, add_prefix_space=False
@@ -115,7 +144,7 @@ def make_clip(out: str, name: str, seed: int, text: dict, vision: dict, projecti
     path = os.path.join(out, name)
     os.makedirs(path, exist_ok=True)
     torch.manual_seed(seed)
-    tok = clip_tokenizer(vocab_size=400)
+    tok = clip_tokenizer(vocab_size=600)
     max_pos = text["max_position_embeddings"]
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=EOS, unk_token=EOS, model_max_length=max_pos
