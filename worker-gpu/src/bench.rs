@@ -1,7 +1,7 @@
 //! `imgfleet bench clip`: our CLIP encoder against transformers on the same full-size
 //! (ViT-B/32-shaped) random checkpoint, in the same run, at several batch sizes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -46,24 +46,10 @@ fn per_second(batch: usize, repeats: usize, mut f: impl FnMut()) -> f64 {
 /// Runs both sides and returns the report.
 pub fn run(args: &ClipBench) -> anyhow::Result<String> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let temp = tempfile_dir()?;
-    let dir = args.dir.clone().unwrap_or_else(|| temp.clone());
-    let script = temp.join("clip_reference.py");
-    std::fs::write(&script, REFERENCE_SCRIPT)?;
     let batches = args.batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     eprintln!("building a ViT-B/32-shaped random checkpoint and timing transformers ({})...", args.python.display());
-    let output = Command::new(&args.python)
-        .arg(&script)
-        .args(["--out", dir.to_str().context("checkpoint dir is not utf-8")?])
-        .args(["--batches", &batches, "--repeats", &args.repeats.to_string(), "--device", &device_name(device)])
-        .output()
-        .with_context(|| format!("running {}", args.python.display()))?;
-    if !output.status.success() {
-        bail!("the transformers side failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    }
-    let reference: serde_json::Value = serde_json::from_slice(
-        output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).context("no output from the reference")?,
-    )?;
+    let reference_args = ["--batches".into(), batches, "--repeats".into(), args.repeats.to_string(), "--device".into(), device_name(device)];
+    let (reference, dir, temp) = run_reference(&args.python, REFERENCE_SCRIPT, args.dir.as_deref(), &reference_args)?;
 
     eprintln!("timing ours...");
     let model = ClipModel::load(&ModelDir::resolve(dir.to_str().unwrap_or_default(), &[])?, device)?;
@@ -95,10 +81,37 @@ pub fn run(args: &ClipBench) -> anyhow::Result<String> {
         let theirs = reference["text"][b.to_string()].as_f64().context("missing reference figure")?;
         report += &format!("{:<6} {:>8} {:>16.2} {:>16.2} {:>7.2}\n", "text", b, ours, theirs, ours / theirs);
     }
-    if args.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
+    // The scratch directory holds the script, and the checkpoint unless --dir was given.
+    let _ = std::fs::remove_dir_all(&temp);
     Ok(report)
+}
+
+/// Writes the embedded reference `script` into a scratch directory, runs it with `python` (it
+/// writes the checkpoint into `dir`, or the scratch directory) and returns its last JSON line,
+/// the checkpoint directory and the scratch directory (for the caller to remove).
+fn run_reference(
+    python: &Path,
+    script: &str,
+    dir: Option<&Path>,
+    args: &[String],
+) -> anyhow::Result<(serde_json::Value, PathBuf, PathBuf)> {
+    let temp = tempfile_dir()?;
+    let checkpoint = dir.map_or_else(|| temp.clone(), Path::to_owned);
+    let path = temp.join("reference.py");
+    std::fs::write(&path, script)?;
+    let output = Command::new(python)
+        .arg(&path)
+        .args(["--out", checkpoint.to_str().context("checkpoint dir is not utf-8")?])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    if !output.status.success() {
+        bail!("the transformers side failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let reference = serde_json::from_slice(
+        output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).context("no output from the reference")?,
+    )?;
+    Ok((reference, checkpoint, temp))
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
@@ -135,25 +148,13 @@ pub struct BlipBench {
 /// `generate`, on the same full-size BLIP-base-shaped random checkpoint.
 pub fn run_blip(args: &BlipBench) -> anyhow::Result<String> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let temp = tempfile_dir()?;
-    let dir = args.dir.clone().unwrap_or_else(|| temp.clone());
-    let script = temp.join("blip_reference.py");
-    std::fs::write(&script, BLIP_REFERENCE_SCRIPT)?;
     let batches = args.batches.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     eprintln!("building a BLIP-base-shaped random checkpoint and timing transformers ({})...", args.python.display());
-    let output = Command::new(&args.python)
-        .arg(&script)
-        .args(["--out", dir.to_str().context("checkpoint dir is not utf-8")?])
-        .args(["--batches", &batches, "--repeats", &args.repeats.to_string(), "--tokens", &args.tokens.to_string()])
-        .args(["--device", &device_name(device)])
-        .output()
-        .with_context(|| format!("running {}", args.python.display()))?;
-    if !output.status.success() {
-        bail!("the transformers side failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    }
-    let reference: serde_json::Value = serde_json::from_slice(
-        output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).context("no output from the reference")?,
-    )?;
+    let reference_args = [
+        "--batches".into(), batches, "--repeats".into(), args.repeats.to_string(),
+        "--tokens".into(), args.tokens.to_string(), "--device".into(), device_name(device),
+    ];
+    let (reference, dir, temp) = run_reference(&args.python, BLIP_REFERENCE_SCRIPT, args.dir.as_deref(), &reference_args)?;
 
     eprintln!("timing ours...");
     let model = crate::blip::BlipModel::load(&ModelDir::resolve(dir.to_str().unwrap_or_default(), &[])?, device)?;
@@ -182,8 +183,7 @@ pub fn run_blip(args: &BlipBench) -> anyhow::Result<String> {
         let theirs = reference["captions"][b.to_string()].as_f64().context("missing reference figure")?;
         report += &format!("{:>6} {:>16.3} {:>16.3} {:>7.2}\n", b, ours, theirs, ours / theirs);
     }
-    if args.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
+    // The scratch directory holds the script, and the checkpoint unless --dir was given.
+    let _ = std::fs::remove_dir_all(&temp);
     Ok(report)
 }
