@@ -3,7 +3,7 @@
 //! All redb calls block, so each runs on the blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -37,6 +37,58 @@ enum StoredDedup {
 pub struct FileStateStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Write requests for the writer thread; `None` once closed.
+    writes: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Runs one caller's mutation inside the shared write transaction and returns whether it
+/// failed after possibly changing something (the transaction must then be aborted), plus the
+/// function that hands the caller its result once the transaction has ended.
+type WriteRequest = Box<dyn FnOnce(&redb::WriteTransaction) -> (bool, Finish) + Send>;
+type Finish = Box<dyn FnOnce(Option<StateError>) + Send>;
+
+/// Most callers' writes committed together.
+const MAX_WRITES_PER_COMMIT: usize = 512;
+
+/// The writer thread: group commit. Every write waiting when a transaction starts joins it, so
+/// under load one fsync covers hundreds of claims and counter updates, and a lone write still
+/// commits at once.
+fn write_loop(db: Arc<Database>, requests: std::sync::mpsc::Receiver<WriteRequest>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_WRITES_PER_COMMIT {
+            match requests.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Dropping the requests unrun answers each caller with `Unavailable`.
+                tracing::error!(error = %e, writes = group.len(), "cannot start a state transaction");
+                drop(group);
+                continue;
+            }
+        };
+        let mut finishes = Vec::with_capacity(group.len());
+        let mut poisoned = false;
+        for request in group {
+            let (failed_midway, finish) = request(&txn);
+            poisoned |= failed_midway;
+            finishes.push(finish);
+        }
+        let outcome = if poisoned {
+            let _ = txn.abort();
+            Some(StateError::Internal("a state write failed midway; its transaction was rolled back, retry".into()))
+        } else {
+            txn.commit().err().map(internal)
+        };
+        for finish in finishes {
+            finish(outcome.clone());
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> StateError {
@@ -69,28 +121,89 @@ impl FileStateStore {
             txn.open_table(SETTINGS).map_err(internal)?;
         }
         txn.commit().map_err(internal)?;
-        Ok(Self { db: Arc::new(db), path })
+        let db = Arc::new(db);
+        let (writes, requests) = std::sync::mpsc::channel();
+        let writer_db = Arc::clone(&db);
+        let writer = std::thread::Builder::new()
+            .name("imgfleet-state-writer".into())
+            .spawn(move || write_loop(writer_db, requests))
+            .map_err(|e| StateError::Unavailable(format!("cannot start the state writer thread: {e}")))?;
+        Ok(Self { db, path, writes: Mutex::new(Some(writes)), writer: Mutex::new(Some(writer)) })
+    }
+
+    /// Items of `job_id` discovered but not settled yet, in key order. With an in-process
+    /// queue their tasks are gone after a crash: a resumed job publishes them again.
+    pub async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError> {
+        let prefix = format!("{job_id}{SEP}");
+        self.read(move |txn| {
+            let items = txn.open_table(JOB_ITEMS).map_err(internal)?;
+            let mut out = Vec::new();
+            for entry in items.range(prefix.as_str()..).map_err(internal)? {
+                let (key, flags) = entry.map_err(internal)?;
+                let Some(item) = key.value().strip_prefix(prefix.as_str()) else { break };
+                if flags.value() & SETTLED == 0 {
+                    out.push(item.to_owned());
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Voids every live dedup claim. Claims belong to workers of a running process; the
+    /// embedded server owns its state file alone, so at start any claim left is from a
+    /// previous run that was killed, and its holder will never finish it. Returns how many.
+    pub async fn void_claims(&self) -> Result<u64, StateError> {
+        self.write(|txn| {
+            let mut table = txn.open_table(DEDUP).map_err(internal)?;
+            let mut voided = 0u64;
+            table
+                .retain(|_, v| {
+                    let claimed = matches!(serde_json::from_slice::<StoredDedup>(v), Ok(StoredDedup::Claimed { .. }));
+                    voided += u64::from(claimed);
+                    !claimed
+                })
+                .map_err(internal)?;
+            Ok(voided)
+        })
+        .await
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Runs `f` in one write transaction on the blocking pool; commits if it returns `Ok`.
+    /// Runs `f` in a write transaction on the writer thread, together with the other writes
+    /// waiting then (group commit), and returns its result once that transaction is durable.
+    /// `f` must check before it changes anything: an `Err` other than `Internal` leaves the
+    /// shared transaction as it found it; an `Internal` one rolls the whole group back.
     async fn write<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(internal)?;
-            let out = f(&txn)?;
-            txn.commit().map_err(internal)?;
-            Ok(out)
-        })
-        .await
-        .map_err(internal)?
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StateError>>();
+        let request: WriteRequest = Box::new(move |txn| {
+            let out = f(txn);
+            let failed_midway = matches!(out, Err(StateError::Internal(_)));
+            let finish: Finish = Box::new(move |ended: Option<StateError>| {
+                let _ = reply.send(match ended {
+                    Some(e) => Err(e),
+                    None => out,
+                });
+            });
+            (failed_midway, finish)
+        });
+        {
+            let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = writes.as_ref().ok_or_else(|| StateError::Unavailable("the state store is closed".into()))?;
+            sender
+                .send(request)
+                .map_err(|_| StateError::Unavailable("the state writer thread has stopped".into()))?;
+        }
+        answer
+            .await
+            .map_err(|_| StateError::Unavailable("the state store could not start a transaction".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StateError>
@@ -105,6 +218,17 @@ impl FileStateStore {
         })
         .await
         .map_err(internal)?
+    }
+}
+
+impl Drop for FileStateStore {
+    /// Finishes the queued writes and closes the file before returning, so the directory can
+    /// be opened again at once.
+    fn drop(&mut self) {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
     }
 }
 
