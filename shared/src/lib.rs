@@ -5,6 +5,7 @@ pub mod adapters;
 pub mod domain;
 pub mod filter;
 pub mod http;
+pub mod job_status;
 pub mod messages;
 pub mod metrics;
 pub mod names;

@@ -12,6 +12,10 @@ pub struct ScanRequest {
     pub job_id: String,
     pub collection: String,
     pub directory_path: String,
+    /// Publish tasks only for files the job has not discovered before (a resumed job, whose
+    /// unsettled files were published again from the state store).
+    #[serde(default)]
+    pub only_new: bool,
 }
 
 /// One candidate file found by the scan.
@@ -38,6 +42,10 @@ pub struct PreparedImage {
     pub blip_size: u32,
     #[serde(with = "bytes_b64")]
     pub blip_pixels: Vec<u8>,
+    /// Owner of the content's dedup claim, so a later stage that fails the image can give
+    /// the claim back at once instead of leaving it to expire.
+    #[serde(default)]
+    pub claim_owner: String,
 }
 
 /// Embedding and caption of one image, ready to index.
@@ -53,7 +61,8 @@ pub struct EncodedImage {
 /// "This file has the same content as a stored image": the CPU stage found the content's
 /// dedup entry done, and the stage that owns the vector store (the indexer) adds `path` to that
 /// point's `paths`. Published on `Stream::Encoded` beside `EncodedImage`; read that stream with
-/// [`decode_indexer_input`]. Message id: `dup:{collection}:{sha256}:{hash of path}`.
+/// [`decode_indexer_input`]; the indexer counts the duplicate once the path is added. Message
+/// id: `dup:{job_id}:{collection}:{sha256}:{hash of path}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DuplicatePath {
     pub schema_version: u32,
@@ -132,7 +141,7 @@ pub fn decode<T: for<'de> Deserialize<'de> + Versioned>(bytes: &[u8]) -> Result<
 
 impl ScanRequest {
     pub fn new(job_id: String, collection: String, directory_path: String) -> Self {
-        Self { schema_version: SCHEMA_VERSION, job_id, collection, directory_path }
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, directory_path, only_new: false }
     }
 }
 

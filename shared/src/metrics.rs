@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::names::METRIC_PREFIX;
 
@@ -28,3 +28,54 @@ pub fn render() -> String {
 }
 
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Metrics of the pipeline stages, shared by every process that runs one.
+pub struct PipelineMetrics {
+    /// Images leaving a stage, by stage (`scan`, `cpu`, `encoder`, `indexer`) and outcome
+    /// (`discovered`, `prepared`, `duplicate`, `failed`, `encoded`, `stored`).
+    pub images: IntCounterVec,
+    /// Images run through a model (`clip`, `blip`): what a re-ingest of known content must
+    /// leave unchanged.
+    pub model_images: IntCounterVec,
+    /// Items per batch, by stage.
+    pub batch_size: HistogramVec,
+    /// Time to handle one batch, by stage.
+    pub batch_seconds: HistogramVec,
+    /// Messages waiting (`pending`) and being worked on (`in_flight`) per stream: the
+    /// autoscaling signal.
+    pub queue_depth: IntGaugeVec,
+    /// Jobs that ended, by final status.
+    pub jobs_finished: IntCounterVec,
+}
+
+pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetrics {
+    images: register(
+        IntCounterVec::new(Opts::new("pipeline_images_total", "Images leaving a pipeline stage, by stage and outcome"), &["stage", "outcome"])
+            .expect("valid metric"),
+    ),
+    model_images: register(
+        IntCounterVec::new(Opts::new("model_images_total", "Images run through a model (clip, blip)"), &["model"]).expect("valid metric"),
+    ),
+    batch_size: register(
+        HistogramVec::new(
+            HistogramOpts::new("pipeline_batch_size", "Items per batch, by stage")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            &["stage"],
+        )
+        .expect("valid metric"),
+    ),
+    batch_seconds: register(
+        HistogramVec::new(
+            HistogramOpts::new("pipeline_batch_duration_seconds", "Time to handle one batch, by stage")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["stage"],
+        )
+        .expect("valid metric"),
+    ),
+    queue_depth: register(
+        IntGaugeVec::new(Opts::new("queue_depth", "Messages per stream, pending or in flight"), &["stream", "state"]).expect("valid metric"),
+    ),
+    jobs_finished: register(
+        IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
+    ),
+});

@@ -87,13 +87,24 @@ struct Message {
 
 impl MemoryQueue {
     pub fn new(config: MemoryQueueConfig) -> Self {
+        Self::with_capacities(config, &[])
+    }
+
+    /// Like [`MemoryQueue::new`], with another capacity for some streams (prepared images
+    /// weigh ~1 MB each, file tasks ~200 bytes).
+    pub fn with_capacities(config: MemoryQueueConfig, capacities: &[(Stream, usize)]) -> Self {
         assert!(config.capacity > 0 && config.max_deliver > 0, "queue capacity and max_deliver must be positive");
         let streams = Stream::ALL
             .iter()
             .map(|&stream| {
+                let mut config = config.clone();
+                if let Some(&(_, capacity)) = capacities.iter().find(|(s, _)| *s == stream) {
+                    assert!(capacity > 0, "queue capacity must be positive");
+                    config.capacity = capacity;
+                }
                 let state = StreamState {
                     stream,
-                    config: config.clone(),
+                    config,
                     inner: Mutex::new(Inner::default()),
                     readable: Notify::new(),
                     writable: Notify::new(),

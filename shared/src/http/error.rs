@@ -25,7 +25,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `invalid_request`, `not_found`,
     /// `collection_exists`, `payload_too_large`, `unauthorized`, `unsupported_media_type`,
-    /// `method_not_allowed`, `overloaded`, `unavailable`, `internal`.
+    /// `method_not_allowed`, `path_not_found`, `not_a_directory`, `path_not_allowed`,
+    /// `job_finished`, `overloaded`, `unavailable`, `internal`.
     pub code: String,
     /// What went wrong and how to fix it.
     pub message: String,

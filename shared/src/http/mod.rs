@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod image_input;
 
 pub use error::{AppError, AppResult, ErrorBody, ErrorDetail};
 pub use extract::{ApiJson, ApiQuery, optional_json};
