@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod corpus;
 pub mod decode;
 pub mod failure;
 pub mod hash;
@@ -16,6 +17,7 @@ pub mod resize;
 pub mod scan;
 pub mod sniff;
 pub mod stage;
+pub mod thumbnail;
 
 pub use config::CpuStageConfig;
 pub use failure::{FailureKind, FileFailure};

@@ -135,6 +135,7 @@ mod tests {
             clip_pixels: vec![255; 224 * 224 * 3],
             blip_size: 384,
             blip_pixels: vec![255; 384 * 384 * 3],
+            claim_owner: format!("{}/{}", "w".repeat(200), "0".repeat(16)),
         };
         let encoded = encode(&message).len();
         assert!(encoded <= prepared_message_bound(224, 384), "{encoded} bytes");

@@ -33,6 +33,9 @@ use crate::sniff::{SNIFF_LEN, has_image_extension, sniff};
 /// Candidates found but not yet published; the walk waits when the publisher is this far behind.
 pub const SCAN_CHANNEL_BOUND: usize = 256;
 
+/// Walk items handled together: discoveries recorded in one go, then published.
+const SCAN_GROUP: usize = 256;
+
 /// Skip notes logged against one job at most; the rest are only counted.
 const MAX_SKIP_LOG_LINES: u64 = 50;
 
@@ -167,7 +170,12 @@ pub struct Scanner {
     state: Arc<dyn StateStore>,
     symlinks: SymlinkPolicy,
     retry_delay: Duration,
+    max_waiting_files: u64,
 }
+
+/// File tasks waiting in the queue beyond which the scan pauses (see
+/// [`Scanner::with_max_waiting_files`]).
+pub const DEFAULT_MAX_WAITING_FILES: u64 = 10_000;
 
 /// Counts of one finished walk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -188,7 +196,25 @@ enum Transient {
 
 impl Scanner {
     pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, symlinks: SymlinkPolicy) -> Self {
-        Self { queue, state, symlinks, retry_delay: Duration::from_secs(5) }
+        Self { queue, state, symlinks, retry_delay: Duration::from_secs(5), max_waiting_files: DEFAULT_MAX_WAITING_FILES }
+    }
+
+    /// The scan pauses while this many file tasks wait or are worked on, so the walk of a huge
+    /// tree never runs far ahead of the CPU stage, and a bounded queue keeps room for the
+    /// tasks the CPU stage publishes again (a file waiting for its twin).
+    pub fn with_max_waiting_files(mut self, limit: u64) -> Self {
+        self.max_waiting_files = limit.max(1);
+        self
+    }
+
+    async fn wait_for_room(&self) -> Result<(), QueueError> {
+        loop {
+            let depth = self.queue.depth(Stream::Files).await?;
+            if depth.pending + depth.in_flight < self.max_waiting_files {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Handles at most one scan request; returns how many it fetched (0 or 1).
@@ -260,27 +286,59 @@ impl Scanner {
             }
         });
         let mut summary = ScanSummary::default();
-        while let Some(item) = receiver.recv().await {
-            match item {
-                Err(e) => {
-                    // The directory itself cannot be walked: the job fails, retrying will not help.
-                    let reason = e.to_string();
-                    warn!(job_id, error = %reason, "scan failed");
-                    self.state.set_job_status(job_id, JobStatus::Failed, Some(reason)).await?;
-                    return Ok(Settle::Ack);
+        // Items are handled in groups of what the walk has ready (up to SCAN_GROUP): the
+        // group's discoveries are recorded concurrently (one state commit, not one per file),
+        // then its tasks published; between groups the job is checked for cancellation.
+        while let Some(first) = receiver.recv().await {
+            let mut group = vec![first];
+            while group.len() < SCAN_GROUP {
+                match receiver.try_recv() {
+                    Ok(item) => group.push(item),
+                    Err(_) => break,
                 }
-                Ok(WalkItem::Candidate(path)) => {
-                    let path = path.to_string_lossy().into_owned();
-                    self.state.record_discovered(job_id, &path).await?;
-                    let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
-                    self.queue.publish(Stream::Files, &file_task_id(job_id, &path), messages::encode(&task)).await?;
-                    summary.candidates += 1;
-                }
-                Ok(WalkItem::Skipped { path, reason }) => {
-                    summary.skipped += 1;
-                    if summary.skipped <= MAX_SKIP_LOG_LINES {
-                        self.state.append_log(job_id, &format!("skipped: {}: {reason}", path.display())).await?;
+            }
+            let mut candidates = Vec::new();
+            for item in group {
+                match item {
+                    Err(e) => {
+                        // The directory itself cannot be walked: the job fails, retrying will not help.
+                        let reason = e.to_string();
+                        warn!(job_id, error = %reason, "scan failed");
+                        self.state.set_job_status(job_id, JobStatus::Failed, Some(reason)).await?;
+                        return Ok(Settle::Ack);
                     }
+                    Ok(WalkItem::Candidate(path)) => candidates.push(path.to_string_lossy().into_owned()),
+                    Ok(WalkItem::Skipped { path, reason }) => {
+                        summary.skipped += 1;
+                        if summary.skipped <= MAX_SKIP_LOG_LINES {
+                            self.state.append_log(job_id, &format!("skipped: {}: {reason}", path.display())).await?;
+                        }
+                    }
+                }
+            }
+            let recorded = futures::future::join_all(candidates.iter().map(|path| self.state.record_discovered(job_id, path))).await;
+            let mut new = Vec::with_capacity(candidates.len());
+            for (path, result) in candidates.into_iter().zip(recorded) {
+                if result? || !request.only_new {
+                    new.push(path);
+                }
+            }
+            let candidates = new;
+            self.wait_for_room().await?;
+            let published = futures::future::join_all(candidates.iter().map(|path| async move {
+                let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
+                self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await
+            }))
+            .await;
+            for result in published {
+                result?;
+            }
+            summary.candidates += candidates.len() as u64;
+            imgfleet_shared::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(candidates.len() as u64);
+            if let Some(job) = self.state.job(job_id).await? {
+                if job.status == JobStatus::Cancelled {
+                    info!(job_id, candidates = summary.candidates, "job cancelled; scan stopped");
+                    return Ok(Settle::Ack);
                 }
             }
         }
@@ -293,7 +351,7 @@ impl Scanner {
             .append_log(job_id, &format!("scan complete: {} files found, {} entries skipped", summary.candidates, summary.skipped))
             .await?;
         self.state.mark_scan_complete(job_id).await?;
-        self.state.complete_if_done(job_id).await?;
+        imgfleet_shared::job_status::complete_if_done(self.state.as_ref(), job_id).await?;
         info!(job_id, candidates = summary.candidates, skipped = summary.skipped, "scan complete");
         Ok(Settle::Ack)
     }

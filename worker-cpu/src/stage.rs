@@ -11,6 +11,9 @@
 //! claim has expired (taken over); after `held_retries` delayed retries the task is published
 //! again under a new id, so however long the wait, it never reaches the queue's `max_deliver`.
 //!
+//! An image is counted as processed by the indexer once its vector is stored, a duplicate by
+//! the indexer once its path is on the stored image; this stage counts failures. Tasks of a cancelled job are acked unprocessed.
+//!
 //! Every delivery is settled: ack once the outcome is recorded or the output published, retry
 //! after a delay on a transient error (queue or state store), terminate an undecodable message.
 
@@ -20,6 +23,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use imgfleet_shared::domain::{ItemOutcome, SCHEMA_VERSION};
+use imgfleet_shared::job_status::{JobStatusCache, complete_if_done};
+use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::messages::{self, DuplicatePath, FileTask, PreparedImage};
 use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{Claim, Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
@@ -40,9 +45,9 @@ pub fn prepared_id(collection: &str, sha256: &str) -> String {
     format!("prep:{collection}:{sha256}")
 }
 
-/// Message id of the "extra path" note for `path`.
-pub fn duplicate_path_id(collection: &str, sha256: &str, path: &str) -> String {
-    format!("dup:{collection}:{sha256}:{}", &sha256_hex(path.as_bytes())[..32])
+/// Message id of the "extra path" note for `path` in `job_id` (each job counts its own).
+pub fn duplicate_path_id(job_id: &str, collection: &str, sha256: &str, path: &str) -> String {
+    format!("dup:{job_id}:{collection}:{sha256}:{}", &sha256_hex(path.as_bytes())[..32])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +65,7 @@ pub struct CpuStage {
     options: PrepareOptions,
     owner: String,
     concurrency: usize,
+    jobs: JobStatusCache,
 }
 
 impl CpuStage {
@@ -68,7 +74,7 @@ impl CpuStage {
         let options = config.prepare_options();
         let owner = config.effective_worker_id();
         let concurrency = config.effective_concurrency();
-        Ok(Self { queue, state, config, options, owner, concurrency })
+        Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default() })
     }
 
     /// This worker's name; its dedup claims are owned by `<name>/<task>`.
@@ -122,6 +128,10 @@ impl CpuStage {
     }
 
     async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, Transient> {
+        if self.jobs.is_cancelled(self.state.as_ref(), &task.job_id).await? {
+            debug!(job_id = %task.job_id, path = %task.path, "job cancelled; file skipped");
+            return Ok(Settle::Ack);
+        }
         let path = PathBuf::from(&task.path);
         let max_bytes = self.config.max_file_bytes;
         let read = blocking(move || {
@@ -172,6 +182,7 @@ impl CpuStage {
                     clip_pixels: pixels.clip_pixels,
                     blip_size: self.options.blip_size,
                     blip_pixels: pixels.blip_pixels,
+                    claim_owner: owner.to_owned(),
                 };
                 let bytes = messages::encode(&message);
                 let bound = prepared_message_bound(self.options.clip_size, self.options.blip_size);
@@ -181,9 +192,9 @@ impl CpuStage {
                     let detail = format!("prepared message is {} bytes, over its bound of {bound}", bytes.len());
                     return self.fail(task, FileFailure::new(FailureKind::TooLarge, detail)).await;
                 }
+                // Counted as processed by the indexer, once its vector is stored.
                 self.queue.publish(Stream::Prepared, &prepared_id(&task.collection, &sha256), bytes).await?;
-                self.state.record_outcome(&task.job_id, &task.path, &ItemOutcome::Processed).await?;
-                self.state.complete_if_done(&task.job_id).await?;
+                PIPELINE.images.with_label_values(&["cpu", "prepared"]).inc();
                 debug!(job_id = %task.job_id, path = %task.path, sha256, scale = pixels.scale_denominator, "prepared");
                 Ok(Settle::Ack)
             }
@@ -201,14 +212,14 @@ impl CpuStage {
             task.job_id.clone(),
             task.collection.clone(),
             sha256.to_owned(),
-            point_id.clone(),
+            point_id,
             task.path.clone(),
         );
-        let id = duplicate_path_id(&task.collection, sha256, &task.path);
+        // Counted as a duplicate by the indexer, once the path is on the stored image: a
+        // completed job then shows every path.
+        let id = duplicate_path_id(&task.job_id, &task.collection, sha256, &task.path);
         self.queue.publish(Stream::Encoded, &id, messages::encode(&note)).await?;
-        let outcome = ItemOutcome::Duplicate { existing_id: point_id };
-        self.state.record_outcome(&task.job_id, &task.path, &outcome).await?;
-        self.state.complete_if_done(&task.job_id).await?;
+        PIPELINE.images.with_label_values(&["cpu", "duplicate"]).inc();
         debug!(job_id = %task.job_id, path = %task.path, sha256, "duplicate");
         Ok(Settle::Ack)
     }
@@ -216,8 +227,10 @@ impl CpuStage {
     async fn fail(&self, task: &FileTask, failure: FileFailure) -> Result<Settle, Transient> {
         info!(job_id = %task.job_id, path = %task.path, kind = %failure.kind, reason = %failure.detail, "file failed");
         let outcome = ItemOutcome::Failed { reason: failure.to_string() };
-        self.state.record_outcome(&task.job_id, &task.path, &outcome).await?;
-        self.state.complete_if_done(&task.job_id).await?;
+        if self.state.record_outcome(&task.job_id, &task.path, &outcome).await? {
+            PIPELINE.images.with_label_values(&["cpu", "failed"]).inc();
+        }
+        complete_if_done(self.state.as_ref(), &task.job_id).await?;
         Ok(Settle::Ack)
     }
 }
@@ -238,8 +251,9 @@ mod tests {
     #[test]
     fn message_ids() {
         assert_eq!(prepared_id("photos", "ab12"), "prep:photos:ab12");
-        let a = duplicate_path_id("photos", "ab12", "/x/a.jpg");
-        assert_ne!(a, duplicate_path_id("photos", "ab12", "/x/b.jpg"));
-        assert!(a.starts_with("dup:photos:ab12:"));
+        let a = duplicate_path_id("j1", "photos", "ab12", "/x/a.jpg");
+        assert_ne!(a, duplicate_path_id("j1", "photos", "ab12", "/x/b.jpg"));
+        assert_ne!(a, duplicate_path_id("j2", "photos", "ab12", "/x/a.jpg"));
+        assert!(a.starts_with("dup:j1:photos:ab12:"));
     }
 }
