@@ -11,6 +11,7 @@ pub mod layers;
 pub mod model_dir;
 pub mod preprocess;
 pub mod runtime;
+pub mod stage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -154,6 +154,16 @@ impl TchEncoder {
         })
     }
 
+    /// Side of the CLIP image input (the CPU stage prepares pixels at this size).
+    pub fn clip_input_size(&self) -> u32 {
+        self.image_size
+    }
+
+    /// Side of the BLIP image input, when captioning is on.
+    pub fn blip_input_size(&self) -> Option<u32> {
+        self.blip.as_ref().map(|(_, size)| *size)
+    }
+
     async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, EncoderError>>) -> Job) -> Result<T, EncoderError> {
         let _permit = self.admission.clone().try_acquire_owned().map_err(|_| EncoderError::Overloaded)?;
         let (reply, answer) = oneshot::channel();

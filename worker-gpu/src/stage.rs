@@ -1,0 +1,319 @@
+//! The encoder stage: consumes `Stream::Prepared` in batches of the encoder's capability, runs
+//! CLIP (and BLIP when captioning is on) through the `Encoder` port, publishes one
+//! `EncodedImage` per image on `Stream::Encoded`, and only then acks its input. It never
+//! touches the vector store: the indexer stores what it publishes.
+//!
+//! One bad image never fails a batch: when a batch is refused as a whole (a bad input, a
+//! model error), its images are encoded one at a time and only the culprit fails, with its
+//! reason, and gives its dedup claim back. A busy or stopped encoder is a transient error:
+//! the batch is retried after a delay, and on its last allowed delivery each image fails with
+//! the reason, so nothing is dead-lettered uncounted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imgfleet_shared::domain::{ItemOutcome, RgbImage, SCHEMA_VERSION};
+use imgfleet_shared::job_status::complete_if_done;
+use imgfleet_shared::messages::{self, EncodedImage, PreparedImage};
+use imgfleet_shared::metrics::PIPELINE;
+use imgfleet_shared::names::Stream;
+use imgfleet_shared::ports::{Delivery, Encoder, EncoderError, QueueError, Settle, StateError, StateStore, WorkQueue};
+use tracing::{debug, info, warn};
+
+/// Message id of the encoded image of `sha256` in `collection`.
+pub fn encoded_id(collection: &str, sha256: &str) -> String {
+    format!("enc:{collection}:{sha256}")
+}
+
+#[derive(Debug, Clone)]
+pub struct EncoderStageConfig {
+    /// Images per batch; 0 = the encoder's capability (the smaller of its CLIP and, when
+    /// captioning, BLIP batch).
+    pub batch: usize,
+    /// Caption with BLIP when the encoder has a captioning model.
+    pub caption: bool,
+    /// Longest wait for a batch before checking for shutdown again.
+    pub fetch_wait: Duration,
+    /// First retry delay after a transient error (doubles per delivery, at most 30 s).
+    pub retry_base: Duration,
+    /// The queue's `max_deliver`: on that delivery a transient failure fails the images
+    /// instead of being retried.
+    pub max_deliver: u32,
+}
+
+impl Default for EncoderStageConfig {
+    fn default() -> Self {
+        Self {
+            batch: 0,
+            caption: true,
+            fetch_wait: Duration::from_secs(1),
+            retry_base: Duration::from_millis(500),
+            max_deliver: 5,
+        }
+    }
+}
+
+impl EncoderStageConfig {
+    fn retry_delay(&self, deliveries: u32) -> Duration {
+        let doublings = deliveries.saturating_sub(1).min(16);
+        self.retry_base.saturating_mul(1 << doublings).min(Duration::from_secs(30))
+    }
+}
+
+pub struct EncoderStage {
+    queue: Arc<dyn WorkQueue>,
+    state: Arc<dyn StateStore>,
+    encoder: Arc<dyn Encoder>,
+    config: EncoderStageConfig,
+    batch: usize,
+    caption: bool,
+}
+
+/// One prepared image of a batch, with its delivery.
+struct Item {
+    delivery: Delivery,
+    image: PreparedImage,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Transient {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl EncoderStage {
+    pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, encoder: Arc<dyn Encoder>, config: EncoderStageConfig) -> Self {
+        let capabilities = encoder.capabilities();
+        let caption = config.caption && capabilities.blip_model.is_some();
+        let capability = if caption {
+            capabilities.safe_clip_batch.min(capabilities.safe_blip_batch.max(1))
+        } else {
+            capabilities.safe_clip_batch
+        };
+        let batch = if config.batch > 0 { config.batch } else { capability.max(1) };
+        Self { queue, state, encoder, config, batch, caption }
+    }
+
+    /// Images per batch this stage fetches.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    pub fn captions(&self) -> bool {
+        self.caption
+    }
+
+    /// Runs batches until `shutdown` turns true (checked between batches).
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        info!(batch = self.batch, caption = self.caption, "encoder stage started");
+        while !*shutdown.borrow_and_update() {
+            match self.run_batch(self.config.fetch_wait).await {
+                Ok(_) => {}
+                Err(QueueError::Closed) => return,
+                Err(e) => {
+                    warn!(error = %e, "fetching prepared images failed");
+                    tokio::time::sleep(self.config.retry_delay(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Fetches one batch (waiting at most `wait`) and settles every delivery in it. Returns
+    /// how many deliveries it handled.
+    pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
+        let deliveries = self.queue.fetch(Stream::Prepared, self.batch, wait).await?;
+        let fetched = deliveries.len();
+        if fetched == 0 {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let mut items = Vec::with_capacity(fetched);
+        for delivery in deliveries {
+            match messages::decode::<PreparedImage>(&delivery.payload) {
+                Ok(image) => items.push(Item { delivery, image }),
+                Err(e) => settle(delivery, Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
+            }
+        }
+        if !items.is_empty() {
+            PIPELINE.batch_size.with_label_values(&["encoder"]).observe(items.len() as f64);
+            self.encode_batch(items).await;
+            PIPELINE.batch_seconds.with_label_values(&["encoder"]).observe(started.elapsed().as_secs_f64());
+        }
+        Ok(fetched)
+    }
+
+    async fn encode_batch(&self, items: Vec<Item>) {
+        // Malformed pixel buffers fail on their own, before the batch.
+        let (items, malformed): (Vec<_>, Vec<_>) = items.into_iter().partition(|item| self.check(&item.image).is_ok());
+        for item in malformed {
+            let reason = self.check(&item.image).expect_err("partitioned as malformed");
+            self.fail_and_settle(item, reason).await;
+        }
+        if items.is_empty() {
+            return;
+        }
+        match self.encode(&items).await {
+            Ok(results) => {
+                for (item, (embedding, caption)) in items.into_iter().zip(results) {
+                    self.publish_and_settle(item, embedding, caption).await;
+                }
+            }
+            Err(e @ (EncoderError::Overloaded | EncoderError::Unavailable(_))) => {
+                for item in items {
+                    let deliveries = item.delivery.deliveries;
+                    if deliveries >= self.config.max_deliver {
+                        self.fail_and_settle(item, format!("encoder unavailable after {deliveries} attempts: {e}")).await;
+                    } else {
+                        let delay = self.config.retry_delay(deliveries);
+                        warn!(error = %e, delay_ms = delay.as_millis() as u64, "encoder busy; batch will be retried");
+                        settle(item.delivery, Settle::Retry(delay)).await;
+                    }
+                }
+            }
+            Err(e) if items.len() == 1 => {
+                let item = items.into_iter().next().expect("one item");
+                self.fail_and_settle(item, format!("model error: {e}")).await;
+            }
+            Err(e) => {
+                info!(error = %e, images = items.len(), "batch refused; encoding its images one at a time");
+                for item in items {
+                    match self.encode(std::slice::from_ref(&item)).await {
+                        Ok(mut results) => {
+                            let (embedding, caption) = results.pop().expect("one result");
+                            self.publish_and_settle(item, embedding, caption).await;
+                        }
+                        Err(e @ (EncoderError::Overloaded | EncoderError::Unavailable(_))) => {
+                            let delay = self.config.retry_delay(item.delivery.deliveries);
+                            warn!(error = %e, "encoder busy; image will be retried");
+                            settle(item.delivery, Settle::Retry(delay)).await;
+                        }
+                        Err(e) => self.fail_and_settle(item, format!("model error: {e}")).await,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Why an image's pixels cannot go to the models, if they cannot.
+    fn check(&self, image: &PreparedImage) -> Result<(), String> {
+        let side = image.clip_size as usize;
+        if side == 0 || image.clip_pixels.len() != side * side * 3 {
+            return Err(format!("prepared CLIP pixels: {} bytes for a {side}² RGB image", image.clip_pixels.len()));
+        }
+        if self.caption {
+            let side = image.blip_size as usize;
+            if side == 0 || image.blip_pixels.len() != side * side * 3 {
+                return Err(format!(
+                    "prepared BLIP pixels: {} bytes for a {side}² RGB image (captioning is on: the CPU stage must prepare BLIP pixels)",
+                    image.blip_pixels.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Embeddings (and captions) of `items`, in order.
+    async fn encode(&self, items: &[Item]) -> Result<Vec<(Vec<f32>, Option<String>)>, EncoderError> {
+        let clip: Vec<RgbImage> = items
+            .iter()
+            .map(|i| RgbImage { width: i.image.clip_size, height: i.image.clip_size, data: i.image.clip_pixels.clone() })
+            .collect();
+        let embeddings = self.encoder.embed_images(clip).await?;
+        PIPELINE.model_images.with_label_values(&["clip"]).inc_by(items.len() as u64);
+        let captions: Vec<Option<String>> = if self.caption {
+            let blip: Vec<RgbImage> = items
+                .iter()
+                .map(|i| RgbImage { width: i.image.blip_size, height: i.image.blip_size, data: i.image.blip_pixels.clone() })
+                .collect();
+            let captions = self.encoder.caption_images(blip).await?;
+            PIPELINE.model_images.with_label_values(&["blip"]).inc_by(items.len() as u64);
+            captions.into_iter().map(Some).collect()
+        } else {
+            vec![None; items.len()]
+        };
+        if embeddings.len() != items.len() || captions.len() != items.len() {
+            return Err(EncoderError::Internal(format!(
+                "the encoder answered {} embeddings and {} captions for {} images",
+                embeddings.len(),
+                captions.len(),
+                items.len()
+            )));
+        }
+        Ok(embeddings.into_iter().zip(captions).collect())
+    }
+
+    async fn publish_and_settle(&self, item: Item, embedding: Vec<f32>, caption: Option<String>) {
+        let Item { delivery, image } = item;
+        let mut payload = image.payload;
+        payload.caption = caption;
+        let encoded = EncodedImage {
+            schema_version: SCHEMA_VERSION,
+            job_id: image.job_id,
+            collection: image.collection,
+            payload,
+            embedding,
+        };
+        let id = encoded_id(&encoded.collection, &encoded.payload.sha256);
+        let how = match self.queue.publish(Stream::Encoded, &id, messages::encode(&encoded)).await {
+            Ok(_) => {
+                PIPELINE.images.with_label_values(&["encoder", "encoded"]).inc();
+                debug!(job_id = %encoded.job_id, path = %encoded.payload.path, "encoded");
+                Settle::Ack
+            }
+            Err(e) => {
+                let delay = self.config.retry_delay(delivery.deliveries);
+                warn!(error = %e, "publishing an encoded image failed; it will be encoded again");
+                Settle::Retry(delay)
+            }
+        };
+        settle(delivery, how).await;
+    }
+
+    /// Records the image as failed (and gives its claim back), then acks it; a state store
+    /// error leaves it for a retry instead.
+    async fn fail_and_settle(&self, item: Item, reason: String) {
+        let how = match self.fail(&item.image, &reason).await {
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                warn!(error = %e, "recording a failed image failed; it will be retried");
+                Settle::Retry(self.config.retry_delay(item.delivery.deliveries))
+            }
+        };
+        settle(item.delivery, how).await;
+    }
+
+    async fn fail(&self, image: &PreparedImage, reason: &str) -> Result<(), Transient> {
+        info!(job_id = %image.job_id, path = %image.payload.path, reason, "image failed in the encoder stage");
+        if !image.claim_owner.is_empty() {
+            self.state.release(&image.collection, &image.payload.sha256, &image.claim_owner).await?;
+        }
+        let outcome = ItemOutcome::Failed { reason: reason.to_owned() };
+        if self.state.record_outcome(&image.job_id, &image.payload.path, &outcome).await? {
+            PIPELINE.images.with_label_values(&["encoder", "failed"]).inc();
+        }
+        complete_if_done(self.state.as_ref(), &image.job_id).await?;
+        Ok(())
+    }
+}
+
+async fn settle(delivery: Delivery, how: Settle) {
+    if let Err(e) = delivery.settle(how).await {
+        warn!(error = %e, "settling a prepared image failed; it will be delivered again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_up_to_a_cap() {
+        let config = EncoderStageConfig::default();
+        assert_eq!(config.retry_delay(1), Duration::from_millis(500));
+        assert_eq!(config.retry_delay(3), Duration::from_secs(2));
+        assert_eq!(config.retry_delay(30), Duration::from_secs(30));
+        assert_eq!(encoded_id("c", "ab"), "enc:c:ab");
+    }
+}
