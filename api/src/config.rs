@@ -23,14 +23,16 @@ pub struct ApiConfig {
     #[arg(long, env = "IMGFLEET_COLLECTION", default_value = "images")]
     pub collection: String,
 
-    /// Vector size of collections created without one (512 = CLIP ViT-B/32).
-    #[arg(long, env = "IMGFLEET_VECTOR_SIZE", default_value_t = 512)]
-    pub vector_size: usize,
-
     /// API key required in the `x-api-key` header of `/api/v1` requests; repeat the flag (or
     /// comma-separate the variable) for several. None: the API is open.
     #[arg(long = "api-key", env = "IMGFLEET_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
+
+    /// Directory that ingest paths must lie in (symlinks resolved); original files are
+    /// served only from inside these. Repeat the flag (or comma-separate the variable) for
+    /// several. Default: the directory the server was started in.
+    #[arg(long = "ingest-root", env = "IMGFLEET_INGEST_ROOTS", value_delimiter = ',')]
+    pub ingest_roots: Vec<PathBuf>,
 
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "IMGFLEET_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]

@@ -1,6 +1,7 @@
 //! imgfleet-api: the REST API of the seed (`/api/v1`), its extensions, OpenAPI, metrics.
 
 pub mod config;
+pub mod indexer;
 /// Re-exported from `imgfleet_shared::http`, shared with the ML API.
 pub use imgfleet_shared::http::{error, extract};
 pub mod metrics;
@@ -8,24 +9,19 @@ pub mod routes;
 pub mod state;
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore};
-use imgfleet_shared::domain::CollectionName;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 pub use crate::config::ApiConfig;
 use crate::error::AppError;
-pub use crate::state::{AppState, AppStateParts};
+pub use crate::state::{AppState, AppStateParts, Thumbnailer};
 
 /// The whole HTTP surface. Built apart from `main` so tests can serve it on port 0.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -34,6 +30,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(routes::search::routes())
         .merge(routes::images::routes())
         .merge(routes::duplicates::routes())
+        .merge(routes::ingest::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .nest("/api/v1", api)
@@ -75,38 +72,6 @@ async fn require_api_key(State(app): State<AppState>, request: Request, next: Ne
 /// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
-}
-
-/// The embedded state: stores in `config.data_dir`.
-pub async fn embedded_state(config: &ApiConfig) -> anyhow::Result<AppState> {
-    let default_collection = CollectionName::parse(&config.collection)
-        .map_err(|e| anyhow::anyhow!("--collection: {e}"))?;
-    let state = FileStateStore::open(&config.data_dir).context("opening the state store")?;
-    let vectors = EdgeVectorStore::open(&config.data_dir).context("opening the vector store")?;
-    AppState::new(AppStateParts {
-        vectors,
-        state: Arc::new(state),
-        default_collection,
-        default_vector_size: config.vector_size,
-        api_keys: config.api_keys.clone(),
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{}", e.message))
-}
-
-/// Runs the embedded API until SIGINT or SIGTERM.
-pub async fn run(config: ApiConfig) -> anyhow::Result<()> {
-    tracing::info!(config = %config.redacted(), "starting imgfleet api");
-    let state = embedded_state(&config).await?;
-    let addr = SocketAddr::new(config.host, config.port);
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener.local_addr()?;
-    tracing::info!(%bound, "listening");
-    // One stdout line a script (or test harness) can wait for.
-    println!("imgfleet listening on http://{bound}");
-    serve(listener, router(state, config.max_body_bytes), shutdown_signal()).await?;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

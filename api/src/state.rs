@@ -1,9 +1,10 @@
 //! What every handler shares: the ports, the active collection, settings.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance};
-use imgfleet_shared::ports::{StateStore, VectorError, VectorStore};
+use imgfleet_shared::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
 
 use crate::error::{AppError, AppResult};
 
@@ -16,8 +17,22 @@ pub struct Inner {
     pub default_collection: CollectionName,
     pub default_vector_size: usize,
     pub api_keys: Vec<String>,
+    /// Where ingest jobs are published; `None`: this server does not ingest.
+    pub queue: Option<Arc<dyn WorkQueue>>,
+    /// CLIP (text and image search); `None`: search by text or image answers 503.
+    pub encoder: Option<Arc<dyn Encoder>>,
+    /// Canonical directories that ingest paths (and served originals) must lie in.
+    pub ingest_roots: Vec<PathBuf>,
+    pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
     /// Write-through cache of the state store's active collection.
     active: RwLock<CollectionName>,
+}
+
+/// Renders thumbnails of original files (the image code lives in the CPU worker crate, which
+/// the API does not depend on). Blocking: called on the blocking pool.
+pub trait Thumbnailer: Send + Sync + 'static {
+    /// A JPEG whose longest side is at most `max_side` pixels.
+    fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String>;
 }
 
 impl std::ops::Deref for AppState {
@@ -34,12 +49,56 @@ pub struct AppStateParts {
     pub default_collection: CollectionName,
     pub default_vector_size: usize,
     pub api_keys: Vec<String>,
+    pub queue: Option<Arc<dyn WorkQueue>>,
+    pub encoder: Option<Arc<dyn Encoder>>,
+    /// Canonicalised by [`AppState::new`]; each must exist.
+    pub ingest_roots: Vec<PathBuf>,
+    pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
+}
+
+impl AppStateParts {
+    /// The parts of a server that only stores and searches (no ingest, no encoder).
+    pub fn stores(vectors: Arc<dyn VectorStore>, state: Arc<dyn StateStore>, default_collection: CollectionName, default_vector_size: usize) -> Self {
+        Self {
+            vectors,
+            state,
+            default_collection,
+            default_vector_size,
+            api_keys: Vec::new(),
+            queue: None,
+            encoder: None,
+            ingest_roots: Vec::new(),
+            thumbnailer: None,
+        }
+    }
 }
 
 impl AppState {
     /// Loads the selected collection (or falls back to the default one, created if missing).
     pub async fn new(parts: AppStateParts) -> AppResult<Self> {
-        let AppStateParts { vectors, state, default_collection, default_vector_size, api_keys } = parts;
+        let AppStateParts {
+            vectors,
+            state,
+            default_collection,
+            default_vector_size,
+            api_keys,
+            queue,
+            encoder,
+            ingest_roots,
+            thumbnailer,
+        } = parts;
+        let ingest_roots = ingest_roots
+            .iter()
+            .map(|root| {
+                let canonical = root.canonicalize().map_err(|e| {
+                    AppError::invalid(format!("ingest root {} cannot be used: {e}", root.display()))
+                })?;
+                if !canonical.is_dir() {
+                    return Err(AppError::invalid(format!("ingest root {} is not a directory", root.display())));
+                }
+                Ok(canonical)
+            })
+            .collect::<AppResult<Vec<_>>>()?;
         let stored = state.active_collection().await?;
         let active = match stored.as_deref().map(CollectionName::parse) {
             Some(Ok(name)) => name,
@@ -61,6 +120,10 @@ impl AppState {
             default_collection,
             default_vector_size,
             api_keys,
+            queue,
+            encoder,
+            ingest_roots,
+            thumbnailer,
             active: RwLock::new(active),
         };
         Ok(Self(Arc::new(inner)))
@@ -74,6 +137,12 @@ impl AppState {
         self.state.set_active_collection(name.as_str()).await?;
         *self.active.write().expect("active lock") = name;
         Ok(())
+    }
+
+    /// `path` canonicalised, if it lies inside an ingest root.
+    pub fn inside_ingest_roots(&self, path: &Path) -> Option<PathBuf> {
+        let canonical = path.canonicalize().ok()?;
+        self.ingest_roots.iter().any(|root| canonical.starts_with(root)).then_some(canonical)
     }
 
     /// The collection a request names, or the active one.

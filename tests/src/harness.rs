@@ -31,13 +31,9 @@ impl ApiServer {
     pub async fn start_with_keys(data_dir: &Path, api_keys: Vec<String>) -> Self {
         let vectors: Arc<dyn VectorStore> = EdgeVectorStore::open(data_dir).expect("vector store");
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(data_dir).expect("state store"));
-        let app = AppState::new(AppStateParts {
-            vectors: Arc::clone(&vectors),
-            state: Arc::clone(&state),
-            default_collection: CollectionName::parse("images").unwrap(),
-            default_vector_size: 4,
-            api_keys,
-        })
+        let mut parts = AppStateParts::stores(Arc::clone(&vectors), Arc::clone(&state), CollectionName::parse("images").unwrap(), 4);
+        parts.api_keys = api_keys;
+        let app = AppState::new(parts)
         .await
         .expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");

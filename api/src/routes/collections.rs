@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
 pub struct CreateCollection {
     /// 1–64 of letters, digits, `_`, `-`; starts with a letter or digit.
     pub collection_name: String,
-    /// Default: the server's `--vector-size` (512).
+    /// Default: the CLIP model's embedding size (512 for ViT-B/32).
     pub vector_size: Option<usize>,
     /// `Cosine` (default), `Dot`, `Euclid` or `Manhattan`; case-insensitive.
     pub distance: Option<String>,

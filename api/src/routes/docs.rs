@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-use crate::routes::{collections, duplicates, health, images, search};
+use crate::routes::{collections, duplicates, health, images, ingest, search};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -15,7 +15,8 @@ use crate::state::AppState;
         collections::list_collections, collections::create_collection, collections::get_collection,
         collections::delete_collection, collections::select_collection, collections::clear_cache,
         search::search,
-        images::list_images, images::get_image, images::random_image,
+        images::list_images, images::get_image, images::random_image, images::image_file, images::image_thumbnail,
+        ingest::start_ingest, ingest::job_status, ingest::list_jobs, ingest::cancel_job,
         duplicates::find_duplicates,
         health::healthz, health::readyz, health::metrics,
     ),

@@ -1,4 +1,5 @@
-//! Gallery views: `GET /api/v1/images` (filtered, sorted pages) and `GET /api/v1/random`.
+//! Gallery views: `GET /api/v1/images` (filtered, sorted pages), `GET /api/v1/random`, one
+//! image's metadata, original file and thumbnail.
 
 use axum::extract::{Path, State};
 use axum::routing::get;
@@ -24,6 +25,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/images", get(list_images))
         .route("/images/{id}", get(get_image))
+        .route("/images/{id}/file", get(image_file))
+        .route("/images/{id}/thumbnail", get(image_thumbnail))
         .route("/random", get(random_image))
 }
 
@@ -139,4 +142,131 @@ pub async fn random_image(State(app): State<AppState>, ApiQuery(params): ApiQuer
         image: RandomImageRef { id: record.id, path: text("path"), filename: text("filename") },
         metadata: record.payload,
     }))
+}
+
+/// Largest thumbnail side accepted.
+pub const MAX_THUMBNAIL_SIDE: u32 = 1024;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailParams {
+    /// Longest side in pixels, 16 to 1024; default 256.
+    pub size: Option<u32>,
+    /// Default: the selected collection.
+    pub collection: Option<String>,
+}
+
+/// The stored image's first path that still exists inside an ingest root.
+async fn original_path(app: &AppState, collection: Option<&str>, id: &str) -> AppResult<(std::path::PathBuf, ImageRecord)> {
+    let collection = app.collection_or_active(collection)?;
+    let id = Uuid::parse_str(id).map_err(|_| AppError::invalid(format!("{id:?} is not an image id (a UUID)")))?;
+    let record = app
+        .vectors
+        .get(collection.as_str(), &[id], false)
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))?;
+    let mut candidates: Vec<String> = Vec::new();
+    if let Some(path) = record.payload.get("path").and_then(|v| v.as_str()) {
+        candidates.push(path.to_owned());
+    }
+    if let Some(paths) = record.payload.get("paths").and_then(|v| v.as_array()) {
+        for path in paths.iter().filter_map(|p| p.as_str()) {
+            if !candidates.iter().any(|c| c == path) {
+                candidates.push(path.to_owned());
+            }
+        }
+    }
+    let mut outside = None;
+    for candidate in &candidates {
+        let path = std::path::Path::new(candidate);
+        if !path.exists() {
+            continue;
+        }
+        match app.inside_ingest_roots(path) {
+            Some(canonical) => return Ok((canonical, record)),
+            None => outside = Some(candidate.clone()),
+        }
+    }
+    Err(match outside {
+        Some(path) => AppError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!("the original of image {id} ({path}) is outside the ingest roots and is not served"),
+        ),
+        None => AppError::not_found(format!("the original file of image {id} is gone (looked for {})", candidates.join(", "))),
+    })
+}
+
+fn content_type(format: Option<&str>) -> &'static str {
+    match format {
+        Some("jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("webp") => "image/webp",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        Some("tiff") => "image/tiff",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The original file's bytes, with its content type; served only from inside the ingest roots.
+#[utoipa::path(get, path = "/api/v1/images/{id}/file", tag = "images", params(("id" = Uuid, Path), CollectionParam),
+    responses((status = 200, content_type = "image/*", body = Vec<u8>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn image_file(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<CollectionParam>,
+) -> AppResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    if params.filters.is_some() {
+        return Err(AppError::invalid("filters does not apply to an image's file"));
+    }
+    let (path, record) = original_path(&app, params.collection.as_deref(), &id).await?;
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|e| AppError::not_found(format!("cannot read the original {}: {e}", path.display())))?;
+    let kind = content_type(record.payload.get("format").and_then(|v| v.as_str()));
+    let filename = path.file_name().map(|f| f.to_string_lossy().replace('"', "")).unwrap_or_default();
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, kind.to_owned()),
+            (axum::http::header::CONTENT_DISPOSITION, format!("inline; filename=\"{filename}\"")),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// A JPEG thumbnail of the original (longest side `size`), rendered on demand.
+#[utoipa::path(get, path = "/api/v1/images/{id}/thumbnail", tag = "images", params(("id" = Uuid, Path), ThumbnailParams),
+    responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn image_thumbnail(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<ThumbnailParams>,
+) -> AppResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let size = params.size.unwrap_or(256);
+    if !(16..=MAX_THUMBNAIL_SIDE).contains(&size) {
+        return Err(AppError::invalid(format!("size must be between 16 and {MAX_THUMBNAIL_SIDE}, got {size}")));
+    }
+    let Some(thumbnailer) = app.thumbnailer.clone() else {
+        return Err(AppError::unavailable("this server renders no thumbnails"));
+    };
+    let (path, _) = original_path(&app, params.collection.as_deref(), &id).await?;
+    let shown = path.display().to_string();
+    let jpeg = tokio::task::spawn_blocking(move || thumbnailer.render(&path, size))
+        .await
+        .map_err(|e| AppError::internal(e.to_string()))?
+        .map_err(|e| AppError::invalid(format!("cannot make a thumbnail of {shown}: {e}")))?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/jpeg"),
+            (axum::http::header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        jpeg,
+    )
+        .into_response())
 }

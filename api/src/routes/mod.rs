@@ -3,4 +3,5 @@ pub mod docs;
 pub mod duplicates;
 pub mod health;
 pub mod images;
+pub mod ingest;
 pub mod search;
