@@ -1,7 +1,10 @@
 //! `imgfleet`: parse the command line, start telemetry, hand over to the library.
 
+mod bench_pipeline;
+mod client;
+mod serve;
+
 use clap::{Parser, Subcommand};
-use imgfleet_api::ApiConfig;
 
 /// Turn folders of images into a searchable, de-duplicated, captioned collection.
 #[derive(Parser, Debug)]
@@ -13,9 +16,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run everything in this process: the API on an embedded queue, state file and vector
-    /// store under --data-dir.
-    Serve(ApiConfig),
+    /// Run everything in this process: the API, the ingest pipeline and the models, on an
+    /// in-process queue, a state file and a vector store under --data-dir.
+    Serve(serve::ServeConfig),
+    /// Ingest a directory through a running server and follow the job with a progress bar.
+    Ingest(client::IngestArgs),
+    /// Show an ingest job: status, progress, counts, timing, recent log lines.
+    Status(client::StatusArgs),
+    /// List recent ingest jobs.
+    Jobs(client::JobsArgs),
+    /// Cancel a queued or running ingest job.
+    Cancel(client::CancelArgs),
+    /// Search by text, by an image file (--image) or like a stored image (--like).
+    Search(client::SearchArgs),
     /// Measure throughput against a reference run in the same process (no server, no queue).
     #[command(subcommand)]
     Bench(Bench),
@@ -29,6 +42,8 @@ enum Bench {
     Clip(imgfleet_worker_gpu::bench::ClipBench),
     /// BLIP captioning (fixed-length greedy generate) vs transformers, on a full-size random BLIP-base checkpoint.
     Blip(imgfleet_worker_gpu::bench::BlipBench),
+    /// Embedded end-to-end images/s on generated photos beside each stage's own throughput.
+    Pipeline(bench_pipeline::PipelineBench),
 }
 
 #[tokio::main]
@@ -36,9 +51,14 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => {
-            imgfleet_shared::telemetry::init(config.log_json);
-            imgfleet_api::run(config).await
+            imgfleet_shared::telemetry::init(config.api.log_json);
+            serve::run(config).await
         }
+        Command::Ingest(args) => std::process::exit(client::exit_code(client::run_ingest(args).await)),
+        Command::Status(args) => std::process::exit(client::exit_code(client::run_status(args).await)),
+        Command::Jobs(args) => std::process::exit(client::exit_code(client::run_jobs(args).await)),
+        Command::Cancel(args) => std::process::exit(client::exit_code(client::run_cancel(args).await)),
+        Command::Search(args) => std::process::exit(client::exit_code(client::run_search(args).await)),
         Command::Bench(Bench::Cpu(command)) => {
             println!("{}", imgfleet_worker_cpu::bench::run(command)?);
             Ok(())
@@ -49,6 +69,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(Bench::Blip(args)) => {
             print!("{}", imgfleet_worker_gpu::bench::run_blip(&args)?);
+            Ok(())
+        }
+        Command::Bench(Bench::Pipeline(args)) => {
+            imgfleet_shared::telemetry::init(false);
+            print!("{}", bench_pipeline::run(&args).await?);
             Ok(())
         }
     }

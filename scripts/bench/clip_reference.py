@@ -63,7 +63,7 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {"image": {}, "text": {}, "threads": torch.get_num_threads(), "torch": torch.__version__}
     with torch.inference_mode():
-        for b in [int(x) for x in args.batches.split(",")]:
+        for b in [int(x) for x in args.batches.split(",") if x]:
             pixels = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b)).to(device, dtype)
 
             def images():

@@ -122,6 +122,24 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
 
 const BLIP_REFERENCE_SCRIPT: &str = include_str!("../../scripts/bench/blip_reference.py");
 
+/// Writes full-size random checkpoints with transformers (nothing downloaded): a CLIP
+/// ViT-B/32-shaped one into `dir/clip` and a BLIP-base-shaped one into `dir/blip`.
+pub fn write_full_size_checkpoints(python: &Path, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut made = Vec::new();
+    for (name, script) in [("clip", REFERENCE_SCRIPT), ("blip", BLIP_REFERENCE_SCRIPT)] {
+        let out = dir.join(name);
+        if !out.join("model.safetensors").exists() {
+            eprintln!("writing a full-size random {name} checkpoint into {} ...", out.display());
+            let (_, _, temp) = run_reference(python, script, Some(&out), &["--batches".into(), String::new()])?;
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+        made.push(out);
+    }
+    let blip = made.pop().expect("two checkpoints");
+    let clip = made.pop().expect("two checkpoints");
+    Ok((clip, blip))
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BlipBench {
     /// Batch sizes to time.

@@ -1,0 +1,292 @@
+//! `imgfleet serve`: the whole system in one process (DESIGN.md, embedded column): the API,
+//! an in-process queue, the state file and qdrant-edge under `--data-dir`, the scanner, a CPU
+//! stage sized to the cores, the encoder stage on the tch models, and the indexer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use imgfleet_api::indexer::{Indexer, IndexerConfig};
+use imgfleet_api::{ApiConfig, AppState, AppStateParts, Thumbnailer};
+use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_shared::domain::CollectionName;
+use imgfleet_shared::messages::{self, FileTask, ScanRequest};
+use imgfleet_shared::metrics::PIPELINE;
+use imgfleet_shared::names::Stream;
+use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
+use imgfleet_worker_cpu::scan::file_task_id;
+use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
+use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder, parse_device};
+use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
+use tokio::sync::watch;
+use tracing::info;
+
+/// The models `imgfleet serve` runs.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// CLIP checkpoint: a local directory (config.json, model.safetensors, tokenizer.json,
+    /// preprocessor_config.json) or a Hugging Face repo id, downloaded once into the Hugging
+    /// Face cache (~600 MB for the default). Offline: give a directory, or set HF_HUB_OFFLINE=1
+    /// to use only what the cache holds.
+    #[arg(long, env = "IMGFLEET_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32")]
+    pub clip_model: String,
+
+    /// BLIP captioning checkpoint, a local directory or a Hugging Face repo id (~1 GB for the
+    /// default).
+    #[arg(long, env = "IMGFLEET_BLIP_MODEL", default_value = "Salesforce/blip-image-captioning-base")]
+    pub blip_model: String,
+
+    /// Do not caption: BLIP is neither loaded nor downloaded, images are stored without captions.
+    #[arg(long, env = "IMGFLEET_NO_CAPTION")]
+    pub no_caption: bool,
+
+    /// auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
+    pub device: String,
+
+    /// Images per model batch on CPU (on CUDA the largest batch that fits is probed).
+    #[arg(long, env = "IMGFLEET_ENCODER_BATCH", default_value_t = 16)]
+    pub encoder_batch: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub api: ApiConfig,
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// CPU stage settings. `--clip-size` and `--blip-size` are taken from the models here.
+    #[command(flatten)]
+    pub cpu: CpuStageConfig,
+}
+
+/// Prepared images (~1 MB each) waiting for the models, per encoder batch.
+const PREPARED_BATCHES_QUEUED: usize = 2;
+/// An in-process delivery comes back only if a stage lost it: nothing else dies alone.
+const EMBEDDED_ACK_WAIT: Duration = Duration::from_secs(600);
+const EMBEDDED_MAX_DELIVER: u32 = 5;
+
+/// The thumbnails of `GET /images/{id}/thumbnail`, by the CPU stage's decoder.
+struct CpuThumbnailer {
+    limits: imgfleet_worker_cpu::decode::DecodeLimits,
+    max_file_bytes: u64,
+}
+
+impl Thumbnailer for CpuThumbnailer {
+    fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String> {
+        let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        if size > self.max_file_bytes {
+            return Err(format!("the file is {size} bytes, over the {} byte limit", self.max_file_bytes));
+        }
+        imgfleet_worker_cpu::thumbnail::render(path, max_side, self.limits).map(|t| t.jpeg).map_err(|e| e.to_string())
+    }
+}
+
+/// Everything running: the API's state and the stages' tasks.
+pub struct Embedded {
+    pub app: AppState,
+    pub queue: Arc<MemoryQueue>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Embedded {
+    /// Opens the stores, loads the models (downloading them when named by hub id), resumes
+    /// interrupted jobs and starts every stage.
+    pub async fn start(config: &ServeConfig) -> anyhow::Result<Self> {
+        let encoder = load_encoder(&config.models).await?;
+        Self::start_with(config, Arc::new(encoder)).await
+    }
+
+    /// [`Embedded::start`] with models already loaded.
+    pub async fn start_with(config: &ServeConfig, encoder: Arc<TchEncoder>) -> anyhow::Result<Self> {
+        let api = &config.api;
+        let default_collection = CollectionName::parse(&api.collection).map_err(|e| anyhow::anyhow!("--collection: {e}"))?;
+        let state = Arc::new(FileStateStore::open(&api.data_dir).context("opening the state store")?);
+        let voided = state.void_claims().await.context("clearing the previous run's claims")?;
+        if voided > 0 {
+            info!(voided, "dedup claims of the previous run voided");
+        }
+        let vectors = EdgeVectorStore::open(&api.data_dir).context("opening the vector store")?;
+        let clip_size = encoder.clip_input_size();
+        let blip_size = encoder.blip_input_size().unwrap_or(0);
+        let encoder: Arc<dyn Encoder> = encoder;
+        let capabilities = encoder.capabilities();
+
+        let encoder_config = EncoderStageConfig { max_deliver: EMBEDDED_MAX_DELIVER, ..EncoderStageConfig::default() };
+        let queue = Arc::new(MemoryQueue::with_capacities(
+            MemoryQueueConfig {
+                ack_wait: EMBEDDED_ACK_WAIT,
+                max_deliver: EMBEDDED_MAX_DELIVER,
+                ..MemoryQueueConfig::default()
+            },
+            &[
+                (Stream::Files, 2 * imgfleet_worker_cpu::scan::DEFAULT_MAX_WAITING_FILES as usize),
+                (Stream::Prepared, PREPARED_BATCHES_QUEUED * capabilities.safe_clip_batch.max(1) + 8),
+                (Stream::Encoded, 4096),
+            ],
+        ));
+        let work_queue: Arc<dyn WorkQueue> = queue.clone();
+        let state_store: Arc<dyn StateStore> = state.clone();
+
+        let mut cpu_config = config.cpu.clone();
+        cpu_config.clip_size = clip_size;
+        cpu_config.blip_size = blip_size;
+        if cpu_config.worker_id.is_none() {
+            cpu_config.worker_id = Some("embedded".into());
+        }
+        let cpu = CpuStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone()).context("CPU stage settings")?;
+        let scanner = Scanner::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks);
+        let encoder_stage = EncoderStage::new(work_queue.clone(), state_store.clone(), encoder.clone(), encoder_config);
+        let indexer = Indexer::new(
+            work_queue.clone(),
+            state_store.clone(),
+            vectors.clone(),
+            IndexerConfig { max_deliver: EMBEDDED_MAX_DELIVER, ..IndexerConfig::default() },
+        );
+        info!(
+            cpu_concurrency = cpu_config.effective_concurrency(),
+            clip_size,
+            blip_size,
+            encoder_batch = encoder_stage.batch(),
+            captions = encoder_stage.captions(),
+            "pipeline ready"
+        );
+
+        let ingest_roots = if api.ingest_roots.is_empty() {
+            vec![std::env::current_dir().context("reading the current directory")?]
+        } else {
+            api.ingest_roots.clone()
+        };
+        let app = AppState::new(AppStateParts {
+            vectors,
+            state: state_store.clone(),
+            default_collection,
+            default_vector_size: capabilities.embedding_dim,
+            api_keys: api.api_keys.clone(),
+            queue: Some(work_queue.clone()),
+            encoder: Some(encoder.clone()),
+            ingest_roots,
+            thumbnailer: Some(Arc::new(CpuThumbnailer {
+                limits: cpu_config.prepare_options().limits,
+                max_file_bytes: cpu_config.max_file_bytes,
+            })),
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        info!(roots = ?app.ingest_roots, "ingest roots");
+
+        let (shutdown, stop) = watch::channel(false);
+        let mut tasks = Vec::new();
+        {
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { scanner.run(stop, Duration::from_secs(1)).await }));
+        }
+        {
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { cpu.run(stop).await }));
+        }
+        {
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { encoder_stage.run(stop).await }));
+        }
+        {
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
+        }
+        {
+            let queue = work_queue.clone();
+            let mut stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                while !*stop.borrow_and_update() {
+                    for stream in Stream::ALL {
+                        if let Ok(depth) = queue.depth(stream).await {
+                            PIPELINE.queue_depth.with_label_values(&[stream.label(), "pending"]).set(depth.pending as i64);
+                            PIPELINE.queue_depth.with_label_values(&[stream.label(), "in_flight"]).set(depth.in_flight as i64);
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }));
+        }
+
+        resume_jobs(&state, work_queue.as_ref()).await.context("resuming interrupted jobs")?;
+        Ok(Self { app, queue, shutdown, tasks })
+    }
+
+    /// Stops every stage between batches and waits for them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Loads CLIP (and BLIP unless `--no-caption`) on their thread; a hub id is downloaded into
+/// the Hugging Face cache first.
+pub async fn load_encoder(models: &ModelArgs) -> anyhow::Result<TchEncoder> {
+    let device = parse_device(&models.device).map_err(anyhow::Error::msg)?;
+    let options = RuntimeOptions {
+        clip_model: models.clip_model.clone(),
+        blip_model: (!models.no_caption).then(|| models.blip_model.clone()),
+        device,
+        cpu_batch: models.encoder_batch,
+        max_waiting: 64,
+    };
+    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %models.device, "loading models (a hub id is downloaded on first use)");
+    Ok(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await?.context("loading the models")?)
+}
+
+/// Jobs left queued or running by a previous run (killed, or stopped mid-job) go on: their
+/// unsettled files are published again from the state store, and a scan that had not
+/// finished walks again, publishing only files it had not found before.
+async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::Result<()> {
+    for job in state.list_jobs(usize::MAX).await? {
+        if job.status.is_final() {
+            continue;
+        }
+        let unsettled = state.unsettled_items(&job.job_id).await?;
+        info!(job_id = %job.job_id, unsettled = unsettled.len(), scan_complete = job.scan_complete, "resuming an interrupted job");
+        state
+            .append_log(
+                &job.job_id,
+                &format!("resumed after a restart: {} files to finish{}", unsettled.len(), if job.scan_complete { "" } else { ", scan continues" }),
+            )
+            .await?;
+        for path in unsettled {
+            let task = FileTask::new(job.job_id.clone(), job.collection.clone(), path.clone());
+            queue.publish(Stream::Files, &file_task_id(&job.job_id, &path), messages::encode(&task)).await?;
+        }
+        if job.scan_complete {
+            imgfleet_shared::job_status::complete_if_done(state, &job.job_id).await?;
+        } else {
+            let mut request = ScanRequest::new(job.job_id.clone(), job.collection.clone(), job.directory_path.clone());
+            request.only_new = true;
+            queue.publish(Stream::Scan, &job.job_id, messages::encode(&request)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `imgfleet serve` until SIGINT or SIGTERM.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    info!(api = %config.api.redacted(), models = ?config.models, "starting imgfleet serve");
+    let embedded = Embedded::start(&config).await?;
+    let addr = std::net::SocketAddr::new(config.api.host, config.api.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = listener.local_addr()?;
+    // One stdout line a script (or test harness) can wait for.
+    println!("imgfleet listening on http://{bound}");
+    let router = imgfleet_api::router(embedded.app.clone(), config.api.max_body_bytes);
+    imgfleet_api::serve(listener, router, imgfleet_api::shutdown_signal()).await?;
+    info!("http stopped; stopping the pipeline between batches");
+    embedded.stop().await;
+    info!("stopped");
+    Ok(())
+}
