@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use imgfleet_shared::adapters::{FileStateStore, MemoryQueue, MemoryQueueConfig};
-use imgfleet_shared::domain::{ImagePayload, JobCounts, JobRecord, JobStatus, point_id_for};
+use imgfleet_shared::domain::{ImagePayload, ItemOutcome, JobCounts, JobRecord, JobStatus, point_id_for};
 use imgfleet_shared::messages::{self, FileTask, IndexerInput, PreparedImage, ScanRequest};
 use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{StateStore, WorkQueue};
@@ -385,6 +385,8 @@ impl Pipeline {
             entry.clip = prepared.clip_pixels;
             entry.blip = prepared.blip_pixels;
             self.state.mark_done(&prepared.collection, &sha, &point_id).await.unwrap();
+            self.state.record_outcome(&prepared.job_id, &prepared.payload.path, &ItemOutcome::Processed).await.unwrap();
+            self.state.complete_if_done(&prepared.job_id).await.unwrap();
             delivery.ack().await.unwrap();
             handled += 1;
         }
@@ -395,8 +397,11 @@ impl Pipeline {
             let stored = self.stored.get_mut(&note.point_id).expect("a duplicate of a stored image");
             assert_eq!(stored.payload.sha256, note.sha256);
             if !stored.payload.paths.contains(&note.duplicate_path) {
-                stored.payload.paths.push(note.duplicate_path);
+                stored.payload.paths.push(note.duplicate_path.clone());
             }
+            let outcome = ItemOutcome::Duplicate { existing_id: note.point_id.clone() };
+            self.state.record_outcome(&note.job_id, &note.duplicate_path, &outcome).await.unwrap();
+            self.state.complete_if_done(&note.job_id).await.unwrap();
             delivery.ack().await.unwrap();
             handled += 1;
         }

@@ -2,9 +2,11 @@
 
 mod api;
 mod blip;
+mod cli;
 mod clip;
 mod cpu_stage;
 mod edge_store;
 mod embedded_contracts;
+mod ingest;
 mod ml_api;
 mod serve;
