@@ -1,5 +1,6 @@
 //! Messages between pipeline stages. Each carries the job id and the schema version, and is
-//! serialised as JSON except for pixel buffers, which travel as raw bytes.
+//! serialised as JSON, except a `PreparedImage`, whose pixel buffers travel raw after a JSON
+//! header ([`encode_prepared`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +126,8 @@ pub enum DecodeError {
     Malformed(#[from] serde_json::Error),
     #[error("message schema version {found} is not {expected}")]
     Version { found: u32, expected: u32 },
+    #[error("malformed message envelope: {0}")]
+    Envelope(String),
 }
 
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
@@ -152,11 +155,10 @@ impl FileTask {
 }
 
 mod bytes_b64 {
-    //! Pixel buffers as base64 strings: a third larger than raw, four times smaller than a
-    //! JSON array of numbers.
+    //! Pixel buffers as base64 strings inside JSON (the JSON form of a `PreparedImage`; the
+    //! binary envelope of [`super::encode_prepared`] carries them raw).
+    use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
-
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&encode(bytes))
@@ -168,49 +170,11 @@ mod bytes_b64 {
     }
 
     pub fn encode(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
     pub fn decode(text: &str) -> Result<Vec<u8>, String> {
-        let bytes = text.as_bytes();
-        if bytes.len() % 4 != 0 {
-            return Err("base64 length is not a multiple of 4".into());
-        }
-        let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-        for chunk in bytes.chunks(4) {
-            let mut n = 0u32;
-            let mut pad = 0;
-            for (i, &c) in chunk.iter().enumerate() {
-                let v = match c {
-                    b'A'..=b'Z' => c - b'A',
-                    b'a'..=b'z' => c - b'a' + 26,
-                    b'0'..=b'9' => c - b'0' + 52,
-                    b'+' => 62,
-                    b'/' => 63,
-                    b'=' if i >= 2 => {
-                        pad += 1;
-                        0
-                    }
-                    _ => return Err(format!("invalid base64 byte {c:#x}")),
-                };
-                n = (n << 6) | u32::from(v);
-            }
-            let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.extend_from_slice(&decoded[..3 - pad]);
-        }
-        Ok(out)
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| e.to_string())
     }
 
     #[cfg(test)]
@@ -228,6 +192,94 @@ mod bytes_b64 {
     }
 }
 
+/// First bytes of a `PreparedImage` in its binary envelope.
+const PREPARED_MAGIC: &[u8; 4] = b"IFP1";
+
+#[derive(Serialize)]
+struct PreparedHeaderRef<'a> {
+    schema_version: u32,
+    job_id: &'a str,
+    collection: &'a str,
+    payload: &'a ImagePayload,
+    clip_size: u32,
+    blip_size: u32,
+    claim_owner: &'a str,
+    clip_len: usize,
+    blip_len: usize,
+}
+
+#[derive(Deserialize)]
+struct PreparedHeader {
+    schema_version: u32,
+    job_id: String,
+    collection: String,
+    payload: ImagePayload,
+    clip_size: u32,
+    blip_size: u32,
+    #[serde(default)]
+    claim_owner: String,
+    clip_len: usize,
+    blip_len: usize,
+}
+
+/// A `PreparedImage` as bytes: `IFP1`, the JSON header's length (u32 little-endian), the JSON
+/// header (every field but the pixels, plus their lengths), then the CLIP and BLIP pixels raw.
+/// A quarter smaller than JSON with base64, and nothing to escape or decode per byte.
+pub fn encode_prepared(message: &PreparedImage) -> Vec<u8> {
+    let header = serde_json::to_vec(&PreparedHeaderRef {
+        schema_version: message.schema_version,
+        job_id: &message.job_id,
+        collection: &message.collection,
+        payload: &message.payload,
+        clip_size: message.clip_size,
+        blip_size: message.blip_size,
+        claim_owner: &message.claim_owner,
+        clip_len: message.clip_pixels.len(),
+        blip_len: message.blip_pixels.len(),
+    })
+    .expect("messages serialise");
+    let mut out = Vec::with_capacity(8 + header.len() + message.clip_pixels.len() + message.blip_pixels.len());
+    out.extend_from_slice(PREPARED_MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&message.clip_pixels);
+    out.extend_from_slice(&message.blip_pixels);
+    out
+}
+
+/// Reads a `PreparedImage` from its binary envelope, or from JSON (base64 pixels).
+pub fn decode_prepared(bytes: &[u8]) -> Result<PreparedImage, DecodeError> {
+    let Some(rest) = bytes.strip_prefix(PREPARED_MAGIC) else {
+        return decode(bytes);
+    };
+    let envelope = |what: &str| DecodeError::Envelope(what.to_owned());
+    let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(|| envelope("no header length"))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(envelope("header longer than the message"));
+    }
+    let (header, pixels) = rest.split_at(len);
+    let header: PreparedHeader = serde_json::from_slice(header)?;
+    if header.schema_version != SCHEMA_VERSION {
+        return Err(DecodeError::Version { found: header.schema_version, expected: SCHEMA_VERSION });
+    }
+    if header.clip_len.checked_add(header.blip_len) != Some(pixels.len()) {
+        return Err(envelope("pixel lengths do not add up to the message"));
+    }
+    let (clip, blip) = pixels.split_at(header.clip_len);
+    Ok(PreparedImage {
+        schema_version: header.schema_version,
+        job_id: header.job_id,
+        collection: header.collection,
+        payload: header.payload,
+        clip_size: header.clip_size,
+        clip_pixels: clip.to_vec(),
+        blip_size: header.blip_size,
+        blip_pixels: blip.to_vec(),
+        claim_owner: header.claim_owner,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +292,30 @@ mod tests {
         task.schema_version = 99;
         assert!(matches!(decode::<FileTask>(&encode(&task)), Err(DecodeError::Version { found: 99, .. })));
         assert!(matches!(decode::<FileTask>(b"{"), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn prepared_images_round_trip_in_their_envelope_and_as_json() {
+        let image = PreparedImage {
+            schema_version: SCHEMA_VERSION,
+            job_id: "j".into(),
+            collection: "c".into(),
+            payload: ImagePayload { sha256: "ab".into(), path: "/x/\"q\".jpg".into(), ..ImagePayload::default() },
+            clip_size: 2,
+            clip_pixels: (0..12).collect(),
+            blip_size: 1,
+            blip_pixels: vec![7, 8, 9],
+            claim_owner: "w/1".into(),
+        };
+        let bytes = encode_prepared(&image);
+        assert!(bytes.len() < encode(&image).len());
+        assert_eq!(decode_prepared(&bytes).unwrap(), image);
+        assert_eq!(decode_prepared(&encode(&image)).unwrap(), image, "the JSON form is read too");
+        assert!(matches!(decode_prepared(&bytes[..bytes.len() - 1]), Err(DecodeError::Envelope(_))));
+        assert!(matches!(decode_prepared(b"IFP1\xff\xff\xff\xff{}"), Err(DecodeError::Envelope(_))));
+        let mut old = image.clone();
+        old.schema_version = 99;
+        assert!(matches!(decode_prepared(&encode_prepared(&old)), Err(DecodeError::Version { found: 99, .. })));
     }
 
     #[test]

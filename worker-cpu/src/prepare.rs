@@ -83,7 +83,8 @@ pub fn prepare(path: &Path, file: &ReadFile, format: SniffedFormat, options: Pre
 /// Largest path a payload carries (Linux PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 
-/// Upper bound of an encoded `PreparedImage` in bytes: both pixel buffers in base64 plus 64 KiB
+/// Upper bound of an encoded `PreparedImage` in bytes, either form (the binary envelope the stage
+/// sends is smaller than this JSON bound): both pixel buffers in base64 plus 64 KiB
 /// for the JSON payload (a `PATH_MAX` path twice, even if every byte needs a `\u00XX` escape,
 /// a 255-byte file name, clipped EXIF strings, numbers).
 pub fn prepared_message_bound(clip_size: u32, blip_size: u32) -> usize {
@@ -93,7 +94,7 @@ pub fn prepared_message_bound(clip_size: u32, blip_size: u32) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use imgfleet_shared::messages::{PreparedImage, encode};
+    use imgfleet_shared::messages::{PreparedImage, encode, encode_prepared};
 
     use super::*;
 
@@ -137,7 +138,9 @@ mod tests {
             blip_pixels: vec![255; 384 * 384 * 3],
             claim_owner: format!("{}/{}", "w".repeat(200), "0".repeat(16)),
         };
+        // The JSON form (base64 pixels) is the larger of the two; the stage sends the envelope.
         let encoded = encode(&message).len();
         assert!(encoded <= prepared_message_bound(224, 384), "{encoded} bytes");
+        assert!(encode_prepared(&message).len() < encoded);
     }
 }

@@ -184,7 +184,7 @@ impl CpuStage {
                     blip_pixels: pixels.blip_pixels,
                     claim_owner: owner.to_owned(),
                 };
-                let bytes = messages::encode(&message);
+                let bytes = messages::encode_prepared(&message);
                 let bound = prepared_message_bound(self.options.clip_size, self.options.blip_size);
                 if bytes.len() > bound {
                     // Unreachable by the bound's construction; failing beats a queue rejection loop.

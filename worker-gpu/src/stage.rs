@@ -39,6 +39,10 @@ pub struct EncoderStageConfig {
     /// The queue's `max_deliver`: on that delivery a transient failure fails the images
     /// instead of being retried.
     pub max_deliver: u32,
+    /// How long a batch that is not full waits for more images after its first one. A
+    /// model's cost per batch is largely fixed, so when the stage before is slower, waiting
+    /// to fill the batch spends far less compute per image than running small batches.
+    pub linger: Duration,
 }
 
 impl Default for EncoderStageConfig {
@@ -49,6 +53,7 @@ impl Default for EncoderStageConfig {
             fetch_wait: Duration::from_secs(1),
             retry_base: Duration::from_millis(500),
             max_deliver: 5,
+            linger: Duration::from_millis(250),
         }
     }
 }
@@ -123,15 +128,29 @@ impl EncoderStage {
     /// Fetches one batch (waiting at most `wait`) and settles every delivery in it. Returns
     /// how many deliveries it handled.
     pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
-        let deliveries = self.queue.fetch(Stream::Prepared, self.batch, wait).await?;
-        let fetched = deliveries.len();
-        if fetched == 0 {
+        let mut deliveries = self.queue.fetch(Stream::Prepared, self.batch, wait).await?;
+        if deliveries.is_empty() {
             return Ok(0);
         }
+        // Fill the batch while images keep coming: stop at the linger, or when none came for
+        // a fifth of it (the input has run dry: the end of a job).
+        let deadline = Instant::now() + self.config.linger;
+        while deliveries.len() < self.batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self.queue.fetch(Stream::Prepared, self.batch - deliveries.len(), left.min(self.config.linger / 5)).await?;
+            if more.is_empty() {
+                break;
+            }
+            deliveries.extend(more);
+        }
+        let fetched = deliveries.len();
         let started = Instant::now();
         let mut items = Vec::with_capacity(fetched);
         for delivery in deliveries {
-            match messages::decode::<PreparedImage>(&delivery.payload) {
+            match messages::decode_prepared(&delivery.payload) {
                 Ok(image) => items.push(Item { delivery, image }),
                 Err(e) => settle(delivery, Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
             }

@@ -45,7 +45,12 @@ pub struct FileStateStore {
 /// Runs one caller's mutation inside the shared write transaction and returns whether it
 /// failed after possibly changing something (the transaction must then be aborted), plus the
 /// function that hands the caller its result once the transaction has ended.
-type WriteRequest = Box<dyn FnOnce(&redb::WriteTransaction) -> (bool, Finish) + Send>;
+struct WriteRequest {
+    /// Must be on disk when the caller hears back (everything but dedup claims, which are
+    /// leases voided at every start).
+    durable: bool,
+    run: Box<dyn FnOnce(&redb::WriteTransaction) -> (bool, Finish) + Send>,
+}
 type Finish = Box<dyn FnOnce(Option<StateError>) + Send>;
 
 /// Most callers' writes committed together.
@@ -63,8 +68,15 @@ fn write_loop(db: Arc<Database>, requests: std::sync::mpsc::Receiver<WriteReques
                 Err(_) => break,
             }
         }
+        let durable = group.iter().any(|r| r.durable);
         let txn = match db.begin_write() {
-            Ok(txn) => txn,
+            Ok(mut txn) => {
+                if !durable {
+                    // Claims only: skip the fsync. The next durable commit persists them too.
+                    let _ = txn.set_durability(redb::Durability::None);
+                }
+                txn
+            }
             Err(e) => {
                 // Dropping the requests unrun answers each caller with `Unavailable`.
                 tracing::error!(error = %e, writes = group.len(), "cannot start a state transaction");
@@ -75,7 +87,7 @@ fn write_loop(db: Arc<Database>, requests: std::sync::mpsc::Receiver<WriteReques
         let mut finishes = Vec::with_capacity(group.len());
         let mut poisoned = false;
         for request in group {
-            let (failed_midway, finish) = request(&txn);
+            let (failed_midway, finish) = (request.run)(&txn);
             poisoned |= failed_midway;
             finishes.push(finish);
         }
@@ -182,8 +194,27 @@ impl FileStateStore {
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
     {
+        self.write_with(true, f).await
+    }
+
+    /// [`Self::write`] for dedup claims: not fsync'd by itself (a claim is a lease, and every
+    /// embedded start voids the claims of the run before), persisted by the next durable
+    /// commit. A crash can only lose such a claim, which the restart would void anyway.
+    async fn write_lease<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
+    {
+        self.write_with(false, f).await
+    }
+
+    async fn write_with<T, F>(&self, durable: bool, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StateError>>();
-        let request: WriteRequest = Box::new(move |txn| {
+        let run = Box::new(move |txn: &redb::WriteTransaction| {
             let out = f(txn);
             let failed_midway = matches!(out, Err(StateError::Internal(_)));
             let finish: Finish = Box::new(move |ended: Option<StateError>| {
@@ -194,6 +225,7 @@ impl FileStateStore {
             });
             (failed_midway, finish)
         });
+        let request = WriteRequest { durable, run };
         {
             let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
             let sender = writes.as_ref().ok_or_else(|| StateError::Unavailable("the state store is closed".into()))?;
@@ -289,7 +321,7 @@ impl StateStore for FileStateStore {
     async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError> {
         let key = key2(collection, sha256);
         let owner = owner.to_owned();
-        self.write(move |txn| {
+        self.write_lease(move |txn| {
             let mut table = txn.open_table(DEDUP).map_err(internal)?;
             let now = now_ms();
             let existing = match table.get(key.as_str()).map_err(internal)? {
@@ -328,7 +360,7 @@ impl StateStore for FileStateStore {
     async fn release(&self, collection: &str, sha256: &str, owner: &str) -> Result<(), StateError> {
         let key = key2(collection, sha256);
         let owner = owner.to_owned();
-        self.write(move |txn| {
+        self.write_lease(move |txn| {
             let mut table = txn.open_table(DEDUP).map_err(internal)?;
             let held = match table.get(key.as_str()).map_err(internal)? {
                 Some(g) => matches!(

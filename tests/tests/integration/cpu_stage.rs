@@ -372,7 +372,7 @@ impl Pipeline {
     async fn index(&mut self) -> usize {
         let mut handled = 0;
         for delivery in self.queue.fetch(Stream::Prepared, 64, Duration::from_millis(5)).await.unwrap() {
-            let prepared: PreparedImage = messages::decode(&delivery.payload).unwrap();
+            let prepared: PreparedImage = messages::decode_prepared(&delivery.payload).unwrap();
             let sha = prepared.payload.sha256.clone();
             let point_id = point_id_for(&sha).to_string();
             let entry = self.stored.entry(point_id.clone()).or_insert_with(|| StoredImage {
