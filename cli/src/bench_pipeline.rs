@@ -155,12 +155,12 @@ async fn bench_one(args: &PipelineBench, scratch: &Path, clip: &Path, blip: &Pat
     // stages' times per image.
     let shared_cores_bound = 1.0 / stages.iter().map(|(_, rate)| 1.0 / rate).sum::<f64>();
     out += &format!(
-        "{:<24} {}   = {:.2} of the slowest stage ({slowest}; goal >= 0.80), {:.2} of the shared-cores bound ({:.3}/s)\n\n",
+        "{:<24} {}   = {:.2} of the slowest stage ({slowest}; goal >= 0.80), {:.2} of the shared-cores bound ({}/s)\n\n",
         "end to end",
         shown(e2e_rate),
         e2e_rate / slowest_rate,
         e2e_rate / shared_cores_bound,
-        shared_cores_bound
+        shown(shared_cores_bound).trim()
     );
     Ok(out)
 }
