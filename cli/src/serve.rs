@@ -67,6 +67,8 @@ const PREPARED_BATCHES_QUEUED: usize = 2;
 /// An in-process delivery comes back only if a stage lost it: nothing else dies alone.
 const EMBEDDED_ACK_WAIT: Duration = Duration::from_secs(600);
 const EMBEDDED_MAX_DELIVER: u32 = 5;
+/// How long stopping waits for the stages to finish their current batch.
+const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// The thumbnails of `GET /images/{id}/thumbnail`, by the CPU stage's decoder.
 struct CpuThumbnailer {
@@ -90,6 +92,8 @@ pub struct Embedded {
     pub queue: Arc<MemoryQueue>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Re-queuing interrupted jobs; it may wait for queue room that stopped stages never make.
+    resume: tokio::task::JoinHandle<()>,
 }
 
 impl Embedded {
@@ -215,15 +219,33 @@ impl Embedded {
             }));
         }
 
-        resume_jobs(&state, work_queue.as_ref()).await.context("resuming interrupted jobs")?;
-        Ok(Self { app, queue, shutdown, tasks })
+        // In the background: re-queuing a big interrupted job waits for room in the bounded
+        // queue, and the API should answer meanwhile.
+        let resume = {
+            let queue = work_queue.clone();
+            tokio::spawn(async move {
+                if let Err(e) = resume_jobs(&state, queue.as_ref()).await {
+                    tracing::error!(error = %e, "resuming interrupted jobs failed; restart to try again");
+                }
+            })
+        };
+        Ok(Self { app, queue, shutdown, tasks, resume })
     }
 
     /// Stops every stage between batches and waits for them.
     pub async fn stop(self) {
+        // Whatever it had not re-queued yet is re-queued by the next start.
+        self.resume.abort();
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let handles: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
+            // A stage waiting for room in a queue whose consumer has already stopped: nothing
+            // is lost by stopping it (its job resumes from the state file at the next start).
+            tracing::warn!(grace_secs = STOP_GRACE.as_secs(), "stages still busy after the grace period; stopping them");
+            for handle in handles {
+                handle.abort();
+            }
         }
     }
 }
