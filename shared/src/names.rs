@@ -46,6 +46,22 @@ impl Stream {
         }
     }
 
+    /// Subject its dead letters are recorded on, in [`DEAD_LETTER_STREAM`].
+    pub fn dead_letter_subject(self) -> &'static str {
+        match self {
+            Self::Scan => "imgfleet.dead.scan",
+            Self::Files => "imgfleet.dead.files",
+            Self::Prepared => "imgfleet.dead.prepared",
+            Self::Encoded => "imgfleet.dead.encoded",
+        }
+    }
+
+    /// JetStream's advisory, published when this stream's consumer gives up on a message after
+    /// its max deliveries: `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`.
+    pub fn max_deliveries_advisory(self) -> String {
+        format!("{MAX_DELIVERIES_ADVISORY_PREFIX}.{}.{}", self.name(), self.consumer())
+    }
+
     /// Short label for metrics and logs.
     pub fn label(self) -> &'static str {
         match self {
@@ -60,6 +76,13 @@ impl Stream {
 /// Stream that records messages terminated as poison, with the reason.
 pub const DEAD_LETTER_STREAM: &str = "IMGFLEET_DEAD";
 pub const DEAD_LETTER_SUBJECT: &str = "imgfleet.dead";
+/// Subjects of [`DEAD_LETTER_STREAM`]: one per work stream, [`Stream::dead_letter_subject`].
+pub const DEAD_LETTER_SUBJECTS: &str = "imgfleet.dead.>";
+/// Queue group of the processes turning max-deliveries advisories into dead letters (one of
+/// them handles each advisory).
+pub const DEAD_LETTER_QUEUE_GROUP: &str = "imgfleet-dead-letters";
+/// Prefix of JetStream's max-deliveries advisories (see [`Stream::max_deliveries_advisory`]).
+pub const MAX_DELIVERIES_ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES";
 
 /// Request/reply subjects served by GPU workers in one queue group.
 pub const ENCODE_TEXT_SUBJECT: &str = "imgfleet.rpc.embed_text";
@@ -82,5 +105,10 @@ mod tests {
         let consumers: HashSet<_> = Stream::ALL.iter().map(|s| s.consumer()).collect();
         assert_eq!((names.len(), subjects.len(), consumers.len()), (4, 4, 4));
         assert!(!names.contains(DEAD_LETTER_STREAM));
+        let dead: HashSet<_> = Stream::ALL.iter().map(|s| s.dead_letter_subject()).collect();
+        assert_eq!(dead.len(), 4);
+        let prefix = DEAD_LETTER_SUBJECTS.trim_end_matches('>');
+        assert!(dead.iter().all(|d| d.starts_with(prefix) && d.starts_with(DEAD_LETTER_SUBJECT)));
+        assert!(subjects.iter().all(|s| !s.starts_with(prefix)), "work subjects outside the dead-letter stream");
     }
 }

@@ -4,3 +4,5 @@
 pub mod contract;
 pub mod embedded;
 pub mod harness;
+pub mod nats_server;
+pub mod redis_server;

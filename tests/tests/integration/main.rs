@@ -9,4 +9,7 @@ mod edge_store;
 mod embedded_contracts;
 mod ingest;
 mod ml_api;
+mod nats_contracts;
+mod qdrant_contracts;
+mod redis_contracts;
 mod serve;
