@@ -42,8 +42,7 @@ impl Default for IndexerConfig {
 
 impl IndexerConfig {
     fn retry_delay(&self, deliveries: u32) -> Duration {
-        let doublings = deliveries.saturating_sub(1).min(16);
-        self.retry_base.saturating_mul(1 << doublings).min(Duration::from_secs(30))
+        imgfleet_shared::ports::retry_backoff(self.retry_base, deliveries)
     }
 }
 
@@ -98,7 +97,7 @@ impl Indexer {
             match messages::decode_indexer_input(&delivery.payload) {
                 Ok(IndexerInput::Encoded(image)) => images.entry(image.collection.clone()).or_default().push((delivery, image)),
                 Ok(IndexerInput::DuplicatePath(note)) => notes.entry(note.collection.clone()).or_default().push((delivery, note)),
-                Err(e) => settle(delivery, Settle::Terminate(format!("undecodable indexer input: {e}"))).await,
+                Err(e) => delivery.settle_or_warn(Settle::Terminate(format!("undecodable indexer input: {e}"))).await,
             }
         }
         for (collection, batch) in images {
@@ -131,7 +130,7 @@ impl Indexer {
                         self.fail_and_settle(delivery, &image, &reason).await;
                     } else {
                         warn!(error = %e, collection, "storing a batch failed; it will be retried");
-                        settle(delivery, Settle::Retry(self.config.retry_delay(deliveries))).await;
+                        delivery.settle_or_warn(Settle::Retry(self.config.retry_delay(deliveries))).await;
                     }
                 }
                 return;
@@ -145,16 +144,20 @@ impl Indexer {
             match result {
                 Ok(()) => {
                     jobs.insert(image.job_id.clone());
-                    settle(delivery, Settle::Ack).await;
+                    delivery.settle_or_warn(Settle::Ack).await;
                 }
                 Err(e) => {
                     // The point is stored; the redelivery rewrites it and records again.
                     warn!(error = %e, "recording a stored image failed; it will be retried");
                     let delay = self.config.retry_delay(delivery.deliveries);
-                    settle(delivery, Settle::Retry(delay)).await;
+                    delivery.settle_or_warn(Settle::Retry(delay)).await;
                 }
             }
         }
+        self.complete_jobs(jobs).await;
+    }
+
+    async fn complete_jobs(&self, jobs: BTreeSet<String>) {
         for job_id in jobs {
             if let Err(e) = complete_if_done(self.state.as_ref(), &job_id).await {
                 warn!(job_id, error = %e, "checking job completion failed; the next result checks again");
@@ -224,7 +227,7 @@ impl Indexer {
                 Settle::Retry(delay)
             }
         };
-        settle(delivery, how).await;
+        delivery.settle_or_warn(how).await;
     }
 
     /// Adds duplicate paths to their stored points (one read for the batch, one payload write
@@ -263,7 +266,7 @@ impl Indexer {
             warn!(error = %e, collection, "adding duplicate paths failed; they will be retried");
             for (delivery, _) in batch {
                 let delay = self.config.retry_delay(delivery.deliveries);
-                settle(delivery, Settle::Retry(delay)).await;
+                delivery.settle_or_warn(Settle::Retry(delay)).await;
             }
             return;
         }
@@ -282,19 +285,15 @@ impl Indexer {
                         PIPELINE.images.with_label_values(&["indexer", "duplicate"]).inc();
                     }
                     jobs.insert(note.job_id);
-                    settle(delivery, Settle::Ack).await;
+                    delivery.settle_or_warn(Settle::Ack).await;
                 }
                 Err(e) => {
                     warn!(error = %e, "recording a duplicate failed; it will be retried");
-                    settle(delivery, Settle::Retry(delay)).await;
+                    delivery.settle_or_warn(Settle::Retry(delay)).await;
                 }
             }
         }
-        for job_id in jobs {
-            if let Err(e) = complete_if_done(self.state.as_ref(), &job_id).await {
-                warn!(job_id, error = %e, "checking job completion failed; the next result checks again");
-            }
-        }
+        self.complete_jobs(jobs).await;
     }
 }
 
@@ -305,8 +304,3 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn settle(delivery: Delivery, how: Settle) {
-    if let Err(e) = delivery.settle(how).await {
-        warn!(error = %e, "settling an encoded image failed; it will be delivered again");
-    }
-}

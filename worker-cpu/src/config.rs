@@ -152,8 +152,7 @@ impl CpuStageConfig {
 
     /// Delay before the next delivery after a transient error on delivery number `deliveries`.
     pub fn retry_delay(&self, deliveries: u32) -> Duration {
-        let doublings = deliveries.saturating_sub(1).min(16);
-        Duration::from_millis(self.retry_base_ms.saturating_mul(1 << doublings)).min(Duration::from_secs(30))
+        imgfleet_shared::ports::retry_backoff(Duration::from_millis(self.retry_base_ms), deliveries)
     }
 }
 

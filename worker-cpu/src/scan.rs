@@ -253,9 +253,7 @@ impl Scanner {
                 }
             },
         };
-        if let Err(e) = delivery.settle(settle).await {
-            warn!(error = %e, "settling a scan request failed; it will be delivered again");
-        }
+        delivery.settle_or_warn(settle).await;
     }
 
     async fn scan(&self, request: &ScanRequest) -> Result<Settle, Transient> {

@@ -122,9 +122,7 @@ impl CpuStage {
                 }
             },
         };
-        if let Err(e) = delivery.settle(settle).await {
-            warn!(error = %e, "settling a file task failed; it will be delivered again");
-        }
+        delivery.settle_or_warn(settle).await;
     }
 
     async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, Transient> {

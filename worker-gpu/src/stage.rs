@@ -60,8 +60,7 @@ impl Default for EncoderStageConfig {
 
 impl EncoderStageConfig {
     fn retry_delay(&self, deliveries: u32) -> Duration {
-        let doublings = deliveries.saturating_sub(1).min(16);
-        self.retry_base.saturating_mul(1 << doublings).min(Duration::from_secs(30))
+        imgfleet_shared::ports::retry_backoff(self.retry_base, deliveries)
     }
 }
 
@@ -152,7 +151,7 @@ impl EncoderStage {
         for delivery in deliveries {
             match messages::decode_prepared(&delivery.payload) {
                 Ok(image) => items.push(Item { delivery, image }),
-                Err(e) => settle(delivery, Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
+                Err(e) => delivery.settle_or_warn(Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
             }
         }
         if !items.is_empty() {
@@ -187,7 +186,7 @@ impl EncoderStage {
                     } else {
                         let delay = self.config.retry_delay(deliveries);
                         warn!(error = %e, delay_ms = delay.as_millis() as u64, "encoder busy; batch will be retried");
-                        settle(item.delivery, Settle::Retry(delay)).await;
+                        item.delivery.settle_or_warn(Settle::Retry(delay)).await;
                     }
                 }
             }
@@ -206,7 +205,7 @@ impl EncoderStage {
                         Err(e @ (EncoderError::Overloaded | EncoderError::Unavailable(_))) => {
                             let delay = self.config.retry_delay(item.delivery.deliveries);
                             warn!(error = %e, "encoder busy; image will be retried");
-                            settle(item.delivery, Settle::Retry(delay)).await;
+                            item.delivery.settle_or_warn(Settle::Retry(delay)).await;
                         }
                         Err(e) => self.fail_and_settle(item, format!("model error: {e}")).await,
                     }
@@ -287,7 +286,7 @@ impl EncoderStage {
                 Settle::Retry(delay)
             }
         };
-        settle(delivery, how).await;
+        delivery.settle_or_warn(how).await;
     }
 
     /// Records the image as failed (and gives its claim back), then acks it; a state store
@@ -300,7 +299,7 @@ impl EncoderStage {
                 Settle::Retry(self.config.retry_delay(item.delivery.deliveries))
             }
         };
-        settle(item.delivery, how).await;
+        item.delivery.settle_or_warn(how).await;
     }
 
     async fn fail(&self, image: &PreparedImage, reason: &str) -> Result<(), Transient> {
@@ -317,11 +316,6 @@ impl EncoderStage {
     }
 }
 
-async fn settle(delivery: Delivery, how: Settle) {
-    if let Err(e) = delivery.settle(how).await {
-        warn!(error = %e, "settling a prepared image failed; it will be delivered again");
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -165,7 +165,7 @@ impl EdgeVectorStore {
             if !path.is_dir() || CollectionName::parse(&name).is_err() {
                 continue;
             }
-            let collection = Collection::open(&path, &name)?;
+            let collection = open_when_free(&path, &name)?;
             collections.insert(name, Arc::new(collection));
         }
         let store = Arc::new(Self { root, options, collections: RwLock::new(collections) });
@@ -213,6 +213,24 @@ impl EdgeVectorStore {
                 tracing::warn!(collection = %collection.name, error = %e, "optimize failed");
                 collection.dirty.store(true, Ordering::Release);
             }
+        }
+    }
+}
+
+/// How long opening waits for a shard's lock to be given back.
+const OPEN_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens a collection, waiting a little while its write-ahead log is locked: a store of this
+/// process that was just dropped can still be finishing a background optimisation, and it
+/// gives the lock back when that ends. Another process holding it still fails, after the wait.
+fn open_when_free(path: &Path, name: &str) -> Result<Collection, VectorError> {
+    let deadline = std::time::Instant::now() + OPEN_LOCK_WAIT;
+    loop {
+        match Collection::open(path, name) {
+            Err(VectorError::Unavailable(message)) if message.contains("WouldBlock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
         }
     }
 }

@@ -7,6 +7,6 @@ pub mod state;
 pub mod vectors;
 
 pub use encoder::{Encoder, EncoderError};
-pub use queue::{DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue};
+pub use queue::{DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue, retry_backoff};
 pub use state::{Claim, DedupEntry, StateError, StateStore};
 pub use vectors::{VectorError, VectorStore};

@@ -73,6 +73,22 @@ impl Delivery {
     pub async fn ack(self) -> Result<(), QueueError> {
         self.settle(Settle::Ack).await
     }
+
+    /// Settles, logging a failure: the queue then delivers the message again after its ack
+    /// wait, which is all a worker could do about it.
+    pub async fn settle_or_warn(self, how: Settle) {
+        let stream = self.stream;
+        if let Err(e) = self.settle(how).await {
+            tracing::warn!(stream = stream.label(), error = %e, "settling a delivery failed; it will be delivered again");
+        }
+    }
+}
+
+/// Delay before the next delivery after a transient failure on delivery number `deliveries`:
+/// `base`, doubling per delivery, at most 30 s.
+pub fn retry_backoff(base: Duration, deliveries: u32) -> Duration {
+    let doublings = deliveries.saturating_sub(1).min(16);
+    base.saturating_mul(1 << doublings).min(Duration::from_secs(30))
 }
 
 impl fmt::Debug for Delivery {
