@@ -197,11 +197,7 @@ pub async fn run_ingest(args: IngestArgs) -> anyhow::Result<i32> {
 
 pub async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
     let api = Api::new(&args.client)?;
-    let raw = match api.request(Method::GET, &["ingest", "status", &args.job], None).await {
-        Ok(raw) => raw,
-        Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => bail!("no job {}", args.job),
-        Err(e) => return Err(e.into()),
-    };
+    let raw = api.job_request(Method::GET, &["ingest", "status", &args.job], &args.job).await?;
     if args.client.json {
         println!("{raw}");
         return Ok(0);
@@ -214,11 +210,7 @@ pub async fn run_status(args: StatusArgs) -> anyhow::Result<i32> {
 /// Exit 0 once cancelled; 1 when the job does not exist or has already ended.
 pub async fn run_cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let api = Api::new(&args.client)?;
-    let raw = match api.request(Method::DELETE, &["ingest", &args.job], None).await {
-        Ok(raw) => raw,
-        Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => bail!("no job {}", args.job),
-        Err(e) => return Err(e.into()),
-    };
+    let raw = api.job_request(Method::DELETE, &["ingest", &args.job], &args.job).await?;
     if args.client.json {
         println!("{raw}");
         return Ok(0);
@@ -405,6 +397,15 @@ impl Api {
 
     fn server(&self) -> String {
         self.base.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// A request about one job: a 404 says there is no such job.
+    async fn job_request(&self, method: Method, segments: &[&str], job: &str) -> anyhow::Result<Value> {
+        match self.request(method, segments, None).await {
+            Ok(raw) => Ok(raw),
+            Err(ClientError::Api { status: StatusCode::NOT_FOUND, .. }) => bail!("no job {job}"),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn request(&self, method: Method, segments: &[&str], body: Option<&Value>) -> Result<Value, ClientError> {

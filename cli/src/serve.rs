@@ -78,11 +78,9 @@ struct CpuThumbnailer {
 
 impl Thumbnailer for CpuThumbnailer {
     fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String> {
-        let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-        if size > self.max_file_bytes {
-            return Err(format!("the file is {size} bytes, over the {} byte limit", self.max_file_bytes));
-        }
-        imgfleet_worker_cpu::thumbnail::render(path, max_side, self.limits).map(|t| t.jpeg).map_err(|e| e.to_string())
+        imgfleet_worker_cpu::thumbnail::render_with(path, max_side, self.max_file_bytes, self.limits)
+            .map(|t| t.jpeg)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -90,6 +90,11 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The tiny test checkpoints, `tests/fixtures/models`.
+pub fn fixture_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
+}
+
 /// A child process killed (SIGKILL) on drop.
 pub struct ChildProcess {
     pub child: Child,
@@ -103,6 +108,24 @@ impl ChildProcess {
         args.push(data_dir.to_string_lossy().into_owned());
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Self::spawn("imgfleet", &args)
+    }
+
+    /// `imgfleet serve` on the tiny fixture models (CLIP at 224 px, BLIP unless `caption` is
+    /// false) on the CPU, ingesting under `root`.
+    pub fn serve_tiny(data_dir: &Path, root: Option<&Path>, caption: bool) -> Self {
+        let models = fixture_models();
+        let mut args = vec!["--clip-model".to_owned(), models.join("clip-tiny-224").display().to_string()];
+        if caption {
+            args.extend(["--blip-model".to_owned(), models.join("blip-tiny-a").display().to_string()]);
+        } else {
+            args.push("--no-caption".into());
+        }
+        args.extend(["--device".to_owned(), "cpu".into()]);
+        if let Some(root) = root {
+            args.extend(["--ingest-root".to_owned(), root.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::serve(data_dir, &args)
     }
 
     /// Starts a workspace binary that prints `<name> listening on http://ADDR` once it serves,

@@ -34,7 +34,12 @@ pub struct Thumbnail {
 /// (a `max_side` of 0 counts as 1), aspect ratio kept, never upscaled. Fails as the CPU stage
 /// would on the same file (`not-an-image`, `truncated`, `too-large`, …).
 pub fn render(path: &Path, max_side: u32, limits: DecodeLimits) -> Result<Thumbnail, FileFailure> {
-    let file = read_and_hash(path, MAX_FILE_BYTES)?;
+    render_with(path, max_side, MAX_FILE_BYTES, limits)
+}
+
+/// [`render`] with another file size limit (the CPU stage's `--max-file-bytes`).
+pub fn render_with(path: &Path, max_side: u32, max_file_bytes: u64, limits: DecodeLimits) -> Result<Thumbnail, FileFailure> {
+    let file = read_and_hash(path, max_file_bytes)?;
     render_bytes(&file.bytes, max_side, limits)
 }
 

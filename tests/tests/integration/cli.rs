@@ -9,24 +9,9 @@ use image::{ImageFormat, Rgb, RgbImage};
 use imgfleet_tests::harness::{ChildProcess, workspace_binary};
 use serde_json::Value;
 
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
-}
-
 /// `imgfleet serve` on the tiny CLIP and BLIP, ingesting under `root`.
 fn serve(data_dir: &Path, root: &Path) -> ChildProcess {
-    let args = [
-        "--clip-model".to_owned(),
-        models().join("clip-tiny-224").display().to_string(),
-        "--blip-model".into(),
-        models().join("blip-tiny-a").display().to_string(),
-        "--device".into(),
-        "cpu".into(),
-        "--ingest-root".into(),
-        root.display().to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ChildProcess::serve(data_dir, &args)
+    ChildProcess::serve_tiny(data_dir, Some(root), true)
 }
 
 /// What a client command printed and how it ended.

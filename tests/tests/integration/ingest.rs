@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use imgfleet_shared::domain::RgbImage;
 use imgfleet_shared::ports::Encoder;
-use imgfleet_tests::harness::ChildProcess;
+use imgfleet_tests::harness::{ChildProcess, fixture_models as models};
 use imgfleet_worker_cpu::corpus::{self, Corpus, CorpusSpec};
 use imgfleet_worker_cpu::hash::read_and_hash;
 use imgfleet_worker_cpu::prepare::{PrepareOptions, prepare, sniff_file};
@@ -15,24 +15,9 @@ use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-fn models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models")
-}
-
 /// `imgfleet serve` on the tiny CLIP (224 px input, 24-d embeddings) and tiny BLIP (32 px).
 fn serve(data_dir: &Path, root: &Path) -> ChildProcess {
-    let args = [
-        "--clip-model".to_owned(),
-        models().join("clip-tiny-224").display().to_string(),
-        "--blip-model".into(),
-        models().join("blip-tiny-a").display().to_string(),
-        "--device".into(),
-        "cpu".into(),
-        "--ingest-root".into(),
-        root.display().to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ChildProcess::serve(data_dir, &args)
+    ChildProcess::serve_tiny(data_dir, Some(root), true)
 }
 
 async fn get(client: &Client, server: &ChildProcess, path: &str) -> (StatusCode, Value) {

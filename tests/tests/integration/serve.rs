@@ -1,17 +1,5 @@
 //! The `imgfleet serve` binary: data and the selected collection survive a restart.
 
-/// `imgfleet serve` arguments for the tiny fixture models, captioning off (fast start).
-pub fn tiny_models() -> Vec<String> {
-    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models");
-    vec![
-        "--clip-model".into(),
-        models.join("clip-tiny-224").display().to_string(),
-        "--no-caption".into(),
-        "--device".into(),
-        "cpu".into(),
-    ]
-}
-
 use imgfleet_shared::adapters::EdgeVectorStore;
 use imgfleet_shared::ports::VectorStore;
 use imgfleet_tests::contract::vectors::{point, vec4};
@@ -23,9 +11,7 @@ use serde_json::{Value, json};
 async fn serve_keeps_collections_points_and_selection_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let client = Client::new();
-    let args = tiny_models();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let serve = ChildProcess::serve(dir.path(), &args);
+    let serve = ChildProcess::serve_tiny(dir.path(), None, false);
     let created = client
         .post(serve.url("/api/v1/collections"))
         .json(&json!({"collection_name": "holiday", "vector_size": 4}))
@@ -49,7 +35,7 @@ async fn serve_keeps_collections_points_and_selection_across_restarts() {
     }
 
     for round in 0..2 {
-        let serve = ChildProcess::serve(dir.path(), &args);
+        let serve = ChildProcess::serve_tiny(dir.path(), None, false);
         let names: Value = client.get(serve.url("/api/v1/collections")).send().await.unwrap().json().await.unwrap();
         assert_eq!(names, json!(["holiday", "images"]), "round {round}");
         let page: Value = client.get(serve.url("/api/v1/images?per_page=100")).send().await.unwrap().json().await.unwrap();
