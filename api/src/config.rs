@@ -44,6 +44,11 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
+    /// The ingest roots, or the current directory when none is given.
+    pub fn ingest_roots_or_cwd(&self) -> std::io::Result<Vec<PathBuf>> {
+        if self.ingest_roots.is_empty() { Ok(vec![std::env::current_dir()?]) } else { Ok(self.ingest_roots.clone()) }
+    }
+
     /// The configuration as logged at start: secrets replaced by their count.
     pub fn redacted(&self) -> String {
         let mut shown = self.clone();

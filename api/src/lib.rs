@@ -7,6 +7,7 @@ pub use imgfleet_shared::http::{error, extract};
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod thumbnails;
 
 use std::future::Future;
 
@@ -76,23 +77,5 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+    imgfleet_shared::http::ops::shutdown_signal().await;
 }

@@ -24,7 +24,8 @@ use imgfleet_worker_gpu::runtime::TchEncoder;
 use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
 use tokio::sync::watch;
 
-use crate::serve::{Embedded, ModelArgs, ServeConfig, load_encoder};
+use crate::serve::{Embedded, EncoderArgs, ServeConfig, load_encoder};
+use imgfleet_shared::config::ModelArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelSet {
@@ -114,10 +115,8 @@ pub async fn run(args: &PipelineBench) -> anyhow::Result<String> {
 }
 
 async fn bench_one(args: &PipelineBench, scratch: &Path, clip: &Path, blip: &Path, images: usize, label: &str) -> anyhow::Result<String> {
-    let models = ModelArgs {
-        clip_model: clip.display().to_string(),
-        blip_model: blip.display().to_string(),
-        no_caption: false,
+    let models = EncoderArgs {
+        models: ModelArgs { clip_model: clip.display().to_string(), blip_model: blip.display().to_string(), no_caption: false },
         device: args.device.clone(),
         encoder_batch: args.encoder_batch,
     };
@@ -219,6 +218,8 @@ async fn cpu_alone(dir: &Path, photos: &Path, encoder: &TchEncoder, images: usiz
         clip_size: encoder.clip_input_size(),
         blip_size: encoder.blip_input_size().unwrap_or(0),
         worker_id: Some("bench".into()),
+        // The prepared images are collected, not encoded: no backpressure from the encoders.
+        max_prepared_waiting: 0,
         ..CpuStageConfig::default()
     };
     let cpu = CpuStage::new(queue.clone(), state.clone(), config)?;
@@ -283,7 +284,7 @@ async fn indexer_alone(dir: &Path, encoded: Vec<Vec<u8>>, images: usize, dim: us
     Ok(rate)
 }
 
-async fn end_to_end(dir: &Path, photos: &Path, models: &ModelArgs, encoder: Arc<TchEncoder>, images: usize) -> anyhow::Result<f64> {
+async fn end_to_end(dir: &Path, photos: &Path, models: &EncoderArgs, encoder: Arc<TchEncoder>, images: usize) -> anyhow::Result<f64> {
     fresh(dir)?;
     let data = dir.display().to_string();
     let root = photos.display().to_string();

@@ -46,26 +46,18 @@ enum Bench {
     Pipeline(bench_pipeline::PipelineBench),
 }
 
-/// libtorch's OpenMP threads busy-wait between parallel regions by default (libgomp reads
-/// `OMP_WAIT_POLICY` once, when the library loads, before `main`). In `serve` the model thread
-/// shares the cores with the decoding threads, and spinning threads starve them: measured on 2
-/// cores, end to end went from 72 to 105 images/s with PASSIVE. So `serve` and `bench pipeline`
-/// re-run this binary with the variable set, unless the user set it.
+/// `serve` and `bench pipeline` run the models beside decoding threads: see
+/// [`imgfleet_worker_gpu::passive_openmp_or_reexec`].
 fn passive_openmp_or_reexec() {
-    use std::os::unix::process::CommandExt as _;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let pipeline = match args.get(1).and_then(|a| a.to_str()) {
         Some("serve") => true,
         Some("bench") => args.get(2).and_then(|a| a.to_str()) == Some("pipeline"),
         _ => false,
     };
-    if !pipeline || std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
+    if pipeline {
+        imgfleet_worker_gpu::passive_openmp_or_reexec();
     }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let error = std::process::Command::new(exe).args(&args[1..]).env("OMP_WAIT_POLICY", "PASSIVE").exec();
-    // Only reached if exec failed: go on with the default policy.
-    eprintln!("warning: could not re-run with OMP_WAIT_POLICY=PASSIVE ({error}); continuing");
 }
 
 fn main() -> anyhow::Result<()> {

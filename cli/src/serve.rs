@@ -2,18 +2,18 @@
 //! an in-process queue, the state file and qdrant-edge under `--data-dir`, the scanner, a CPU
 //! stage sized to the cores, the encoder stage on the tch models, and the indexer.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
 use imgfleet_api::indexer::{Indexer, IndexerConfig};
-use imgfleet_api::{ApiConfig, AppState, AppStateParts, Thumbnailer};
+use imgfleet_api::thumbnails::CpuThumbnailer;
+use imgfleet_api::{ApiConfig, AppState, AppStateParts};
 use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_shared::config::ModelArgs;
 use imgfleet_shared::domain::CollectionName;
 use imgfleet_shared::messages::{self, FileTask, ScanRequest};
-use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
 use imgfleet_worker_cpu::scan::file_task_id;
@@ -23,24 +23,11 @@ use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
 use tokio::sync::watch;
 use tracing::info;
 
-/// The models `imgfleet serve` runs.
+/// The models `imgfleet serve` runs, and where.
 #[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// CLIP checkpoint: a local directory (config.json, model.safetensors, tokenizer.json,
-    /// preprocessor_config.json) or a Hugging Face repo id, downloaded once into the Hugging
-    /// Face cache (~600 MB for the default). Offline: give a directory, or set HF_HUB_OFFLINE=1
-    /// to use only what the cache holds.
-    #[arg(long, env = "IMGFLEET_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32")]
-    pub clip_model: String,
-
-    /// BLIP captioning checkpoint, a local directory or a Hugging Face repo id (~1 GB for the
-    /// default).
-    #[arg(long, env = "IMGFLEET_BLIP_MODEL", default_value = "Salesforce/blip-image-captioning-base")]
-    pub blip_model: String,
-
-    /// Do not caption: BLIP is neither loaded nor downloaded, images are stored without captions.
-    #[arg(long, env = "IMGFLEET_NO_CAPTION")]
-    pub no_caption: bool,
+pub struct EncoderArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
 
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
@@ -56,7 +43,7 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub api: ApiConfig,
     #[command(flatten)]
-    pub models: ModelArgs,
+    pub models: EncoderArgs,
     /// CPU stage settings. `--clip-size` and `--blip-size` are taken from the models here.
     #[command(flatten)]
     pub cpu: CpuStageConfig,
@@ -69,20 +56,6 @@ const EMBEDDED_ACK_WAIT: Duration = Duration::from_secs(600);
 const EMBEDDED_MAX_DELIVER: u32 = 5;
 /// How long stopping waits for the stages to finish their current batch.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-
-/// The thumbnails of `GET /images/{id}/thumbnail`, by the CPU stage's decoder.
-struct CpuThumbnailer {
-    limits: imgfleet_worker_cpu::decode::DecodeLimits,
-    max_file_bytes: u64,
-}
-
-impl Thumbnailer for CpuThumbnailer {
-    fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String> {
-        imgfleet_worker_cpu::thumbnail::render_with(path, max_side, self.max_file_bytes, self.limits)
-            .map(|t| t.jpeg)
-            .map_err(|e| e.to_string())
-    }
-}
 
 /// Everything running: the API's state and the stages' tasks.
 pub struct Embedded {
@@ -157,11 +130,7 @@ impl Embedded {
             "pipeline ready"
         );
 
-        let ingest_roots = if api.ingest_roots.is_empty() {
-            vec![std::env::current_dir().context("reading the current directory")?]
-        } else {
-            api.ingest_roots.clone()
-        };
+        let ingest_roots = api.ingest_roots_or_cwd().context("reading the current directory")?;
         let app = AppState::new(AppStateParts {
             vectors,
             state: state_store.clone(),
@@ -171,10 +140,7 @@ impl Embedded {
             queue: Some(work_queue.clone()),
             encoder: Some(encoder.clone()),
             ingest_roots,
-            thumbnailer: Some(Arc::new(CpuThumbnailer {
-                limits: cpu_config.prepare_options().limits,
-                max_file_bytes: cpu_config.max_file_bytes,
-            })),
+            thumbnailer: Some(Arc::new(CpuThumbnailer::new(&cpu_config))),
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -198,25 +164,8 @@ impl Embedded {
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
         }
-        {
-            let queue = work_queue.clone();
-            let mut stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                while !*stop.borrow_and_update() {
-                    for stream in Stream::ALL {
-                        if let Ok(depth) = queue.depth(stream).await {
-                            PIPELINE.queue_depth.with_label_values(&[stream.label(), "pending"]).set(depth.pending as i64);
-                            PIPELINE.queue_depth.with_label_values(&[stream.label(), "in_flight"]).set(depth.in_flight as i64);
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-            }));
-        }
-
+        tasks.push(tokio::spawn(imgfleet_shared::config::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
+        tasks.push(tokio::spawn(imgfleet_shared::job_status::sweep_completions(state_store.clone(), Duration::from_secs(5), stop.clone())));
         // In the background: re-queuing a big interrupted job waits for room in the bounded
         // queue, and the API should answer meanwhile.
         let resume = {
@@ -250,16 +199,17 @@ impl Embedded {
 
 /// Loads CLIP (and BLIP unless `--no-caption`) on their thread; a hub id is downloaded into
 /// the Hugging Face cache first.
-pub async fn load_encoder(models: &ModelArgs) -> anyhow::Result<TchEncoder> {
-    let device = parse_device(&models.device).map_err(anyhow::Error::msg)?;
+pub async fn load_encoder(args: &EncoderArgs) -> anyhow::Result<TchEncoder> {
+    let models = &args.models;
+    let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let options = RuntimeOptions {
         clip_model: models.clip_model.clone(),
-        blip_model: (!models.no_caption).then(|| models.blip_model.clone()),
+        blip_model: models.captioner().map(str::to_owned),
         device,
-        cpu_batch: models.encoder_batch,
+        cpu_batch: args.encoder_batch,
         max_waiting: 64,
     };
-    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %models.device, "loading models (a hub id is downloaded on first use)");
+    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %args.device, "loading models (a hub id is downloaded on first use)");
     Ok(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await?.context("loading the models")?)
 }
 

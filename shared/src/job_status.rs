@@ -49,3 +49,67 @@ pub async fn complete_if_done(state: &dyn StateStore, job_id: &str) -> Result<()
     }
     Ok(())
 }
+
+/// Completes, every `every`, the recent running jobs whose scan is complete and whose items
+/// are all settled: a job whose last item was recorded while the completion check failed (the
+/// state store was unreachable for a moment) completes here instead of waiting for a result
+/// that will never come. Runs until `stop` turns true.
+pub async fn sweep_completions(state: std::sync::Arc<dyn StateStore>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Jobs looked at per sweep, newest first.
+    const RECENT: usize = 100;
+    while !*stop.borrow_and_update() {
+        match state.list_jobs(RECENT).await {
+            Ok(jobs) => {
+                for job in jobs.iter().filter(|j| j.status == JobStatus::Running && j.scan_complete) {
+                    if let Err(e) = complete_if_done(state.as_ref(), &job.job_id).await {
+                        tracing::debug!(job_id = %job.job_id, error = %e, "completion sweep");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "completion sweep: listing jobs failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Accounts for the image of a message the queue gave up on (its workers died on it
+/// `max_deliver` times, so no stage recorded an outcome): the item fails with `reason`, its
+/// dedup claim is given back, and the job completes if that was its last item. A scan request
+/// given up on fails its job.
+pub async fn fail_given_up(state: &dyn StateStore, stream: crate::names::Stream, payload: &[u8], reason: &str) -> Result<(), StateError> {
+    use crate::domain::ItemOutcome;
+    use crate::messages::{self, FileTask, IndexerInput, ScanRequest};
+    use crate::names::Stream;
+
+    let reason = format!("dead-lettered: {reason}; a worker stopped while handling it each time (see the worker logs)");
+    let (job_id, item) = match stream {
+        Stream::Scan => {
+            let Ok(request) = messages::decode::<ScanRequest>(payload) else { return Ok(()) };
+            state.set_job_status(&request.job_id, JobStatus::Failed, Some(format!("scan {reason}"))).await?;
+            return Ok(());
+        }
+        Stream::Files => match messages::decode::<FileTask>(payload) {
+            Ok(task) => (task.job_id, task.path),
+            Err(_) => return Ok(()),
+        },
+        Stream::Prepared => match messages::decode_prepared(payload) {
+            Ok(image) => {
+                state.release(&image.collection, &image.payload.sha256, &image.claim_owner).await?;
+                (image.job_id, image.payload.path)
+            }
+            Err(_) => return Ok(()),
+        },
+        Stream::Encoded => match messages::decode_indexer_input(payload) {
+            Ok(IndexerInput::Encoded(image)) => (image.job_id, image.payload.path),
+            Ok(IndexerInput::DuplicatePath(note)) => (note.job_id, note.duplicate_path),
+            Err(_) => return Ok(()),
+        },
+    };
+    if state.record_outcome(&job_id, &item, &ItemOutcome::Failed { reason }).await? {
+        crate::metrics::PIPELINE.images.with_label_values(&[stream.label(), "failed"]).inc();
+    }
+    complete_if_done(state, &job_id).await
+}

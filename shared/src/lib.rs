@@ -2,12 +2,14 @@
 //! queue names and messages, the four ports and their adapters, telemetry and metrics.
 
 pub mod adapters;
+pub mod config;
 pub mod domain;
 pub mod filter;
 pub mod http;
 pub mod job_status;
 pub mod messages;
 pub mod metrics;
+pub mod model_dir;
 pub mod names;
 pub mod ports;
 pub mod telemetry;

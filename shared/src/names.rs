@@ -87,6 +87,7 @@ pub const MAX_DELIVERIES_ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MA
 /// Request/reply subjects served by GPU workers in one queue group.
 pub const ENCODE_TEXT_SUBJECT: &str = "imgfleet.rpc.embed_text";
 pub const ENCODE_IMAGE_SUBJECT: &str = "imgfleet.rpc.embed_image";
+pub const ENCODE_CAPABILITIES_SUBJECT: &str = "imgfleet.rpc.capabilities";
 pub const ENCODER_QUEUE_GROUP: &str = "imgfleet-encoders";
 
 /// Prefix of every Prometheus metric.

@@ -79,8 +79,10 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     if let Ok(path) = std::env::var(format!("IMGFLEET_BIN_{}", name.to_uppercase().replace('-', "_"))) {
         return PathBuf::from(path);
     }
+    // A test runs from `<profile>/deps/`, a bench binary from `<profile>/` itself.
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let here = exe.parent().expect("binary directory");
+    let dir = if here.ends_with("deps") { here.parent().expect("target profile directory") } else { here };
     let path = dir.join(name);
     assert!(
         path.exists(),

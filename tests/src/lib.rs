@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod embedded;
+pub mod fleet;
 pub mod harness;
 pub mod nats_server;
 pub mod redis_server;

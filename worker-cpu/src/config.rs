@@ -58,7 +58,13 @@ pub struct CpuStageConfig {
     /// scanned directory (loops are skipped); `never` follows none.
     #[arg(long, env = "IMGFLEET_SYMLINKS", value_enum, default_value_t = SymlinkPolicy::InsideRoot)]
     pub symlinks: SymlinkPolicy,
-    /// Owner name of this worker's dedup claims; default `cpu-<hostname>-<pid>`.
+    /// Prepared images waiting for the encoders (or being encoded) beyond which this stage
+    /// stops taking file tasks: it bounds the queue's storage and how long a dedup claim
+    /// waits for its image to be stored (keep that well under --claim-ttl-secs). 0: no limit.
+    #[arg(long, env = "IMGFLEET_MAX_PREPARED_WAITING", default_value_t = 1024)]
+    pub max_prepared_waiting: u64,
+    /// Owner name of this worker's dedup claims; default `cpu-<hostname>-<pid>`. A restarted
+    /// worker with the same id takes its own live claims back at once.
     #[arg(long, env = "IMGFLEET_WORKER_ID")]
     pub worker_id: Option<String>,
 }
@@ -79,6 +85,7 @@ impl Default for CpuStageConfig {
             retry_base_ms: 500,
             fetch_wait_ms: 1_000,
             symlinks: SymlinkPolicy::InsideRoot,
+            max_prepared_waiting: 1024,
             worker_id: None,
         }
     }

@@ -36,6 +36,10 @@ pub const SCAN_CHANNEL_BOUND: usize = 256;
 /// Walk items handled together: discoveries recorded in one go, then published.
 const SCAN_GROUP: usize = 256;
 
+/// How often a running scan tells the queue it is still on its request (well under any
+/// sensible ack wait).
+const SCAN_HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Skip notes logged against one job at most; the rest are only counted.
 const MAX_SKIP_LOG_LINES: u64 = 50;
 
@@ -207,11 +211,17 @@ impl Scanner {
         self
     }
 
-    async fn wait_for_room(&self) -> Result<(), QueueError> {
+    /// Waits until the files stream has room, keeping `delivery` alive meanwhile.
+    async fn wait_for_room(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let mut last_heartbeat = std::time::Instant::now();
         loop {
             let depth = self.queue.depth(Stream::Files).await?;
             if depth.pending + depth.in_flight < self.max_waiting_files {
                 return Ok(());
+            }
+            if last_heartbeat.elapsed() >= SCAN_HEARTBEAT {
+                delivery.in_progress().await?;
+                last_heartbeat = std::time::Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -245,7 +255,7 @@ impl Scanner {
     pub async fn handle(&self, delivery: Delivery) {
         let settle = match messages::decode::<ScanRequest>(&delivery.payload) {
             Err(e) => Settle::Terminate(format!("undecodable scan request: {e}")),
-            Ok(request) => match self.scan(&request).await {
+            Ok(request) => match self.scan(&request, &delivery).await {
                 Ok(settle) => settle,
                 Err(e) => {
                     warn!(job_id = %request.job_id, error = %e, "scan interrupted; it will run again");
@@ -256,7 +266,7 @@ impl Scanner {
         delivery.settle_or_warn(settle).await;
     }
 
-    async fn scan(&self, request: &ScanRequest) -> Result<Settle, Transient> {
+    async fn scan(&self, request: &ScanRequest, delivery: &Delivery) -> Result<Settle, Transient> {
         let job_id = request.job_id.as_str();
         match self.state.set_job_status(job_id, JobStatus::Running, None).await {
             Ok(job) if job.status.is_final() => {
@@ -284,10 +294,19 @@ impl Scanner {
             }
         });
         let mut summary = ScanSummary::default();
+        let mut last_heartbeat = std::time::Instant::now();
         // Items are handled in groups of what the walk has ready (up to SCAN_GROUP): the
         // group's discoveries are recorded concurrently (one state commit, not one per file),
         // then its tasks published; between groups the job is checked for cancellation.
         while let Some(first) = receiver.recv().await {
+            // A big tree takes longer than the queue's ack wait: tell the queue this scan is
+            // alive, so it is not handed to another scanner meanwhile.
+            if last_heartbeat.elapsed() >= SCAN_HEARTBEAT {
+                if let Err(e) = delivery.in_progress().await {
+                    warn!(job_id, error = %e, "could not extend the scan request's ack wait");
+                }
+                last_heartbeat = std::time::Instant::now();
+            }
             let mut group = vec![first];
             while group.len() < SCAN_GROUP {
                 match receiver.try_recv() {
@@ -322,7 +341,7 @@ impl Scanner {
                 }
             }
             let candidates = new;
-            self.wait_for_room().await?;
+            self.wait_for_room(delivery).await?;
             let published = futures::future::join_all(candidates.iter().map(|path| async move {
                 let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
                 self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await

@@ -85,12 +85,26 @@ impl CpuStage {
     /// Fetches one batch (waiting at most `wait` for it) and settles every delivery in it, at
     /// most `concurrency` at a time. Returns how many deliveries it handled.
     pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
+        if !self.encoders_have_room().await? {
+            // Back to the caller (which checks for shutdown) after a short pause.
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            return Ok(0);
+        }
         let deliveries = self.queue.fetch(Stream::Files, self.config.batch, wait).await?;
         let fetched = deliveries.len();
         futures::stream::iter(deliveries)
             .for_each_concurrent(self.concurrency, |delivery| self.handle(delivery))
             .await;
         Ok(fetched)
+    }
+
+    /// Whether fewer prepared images than `max_prepared_waiting` wait for the encoders.
+    async fn encoders_have_room(&self) -> Result<bool, QueueError> {
+        if self.config.max_prepared_waiting == 0 {
+            return Ok(true);
+        }
+        let depth = self.queue.depth(Stream::Prepared).await?;
+        Ok(depth.pending + depth.in_flight < self.config.max_prepared_waiting)
     }
 
     /// Runs batches until `shutdown` turns true (checked between batches, so no delivery is

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use clap::Args;
+use imgfleet_shared::config::{FleetArgs, ModelArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct GpuWorkerConfig {
@@ -11,27 +12,26 @@ pub struct GpuWorkerConfig {
     pub host: IpAddr,
 
     /// Port of the ML API (0 picks a free one and prints it).
-    #[arg(long, env = "IMGFLEET_ML_PORT", default_value_t = 8001)]
+    #[arg(long, env = "IMGFLEET_PORT", default_value_t = 8001)]
     pub port: u16,
 
-    /// CLIP checkpoint: a local directory (config.json, model.safetensors, tokenizer.json,
-    /// preprocessor_config.json) or a Hugging Face repo id, fetched into the Hugging Face cache.
-    #[arg(long, env = "IMGFLEET_CLIP_MODEL", default_value = "openai/clip-vit-base-patch32")]
-    pub clip_model: String,
+    #[command(flatten)]
+    pub models: ModelArgs,
 
-    /// BLIP captioning checkpoint (e.g. Salesforce/blip-image-captioning-base): a local directory
-    /// or a Hugging Face repo id. Default: none, captioning off (caption requests answer 503), so
-    /// the worker starts without network or a 1 GB download.
-    #[arg(long, env = "IMGFLEET_BLIP_MODEL")]
-    pub blip_model: Option<String>,
+    /// With --nats-url (and --redis-url) the worker also joins the fleet: it encodes the
+    /// prepared images of the queue and answers the API's text and image search requests.
+    /// Without, it serves only the ML API.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,
 
-    /// Images per forward pass on CPU (on CUDA the largest batch that fits is probed).
-    #[arg(long, env = "IMGFLEET_CPU_BATCH", default_value_t = 16)]
-    pub cpu_batch: usize,
+    /// Images per forward pass on CPU (on CUDA the largest batch that fits is probed). The
+    /// queue hands this worker batches of this size.
+    #[arg(long, env = "IMGFLEET_ENCODER_BATCH", default_value_t = 16)]
+    pub encoder_batch: usize,
 
     /// Requests queued for the model beyond the running one; more get 429 at once.
     #[arg(long, env = "IMGFLEET_MAX_WAITING", default_value_t = 64)]

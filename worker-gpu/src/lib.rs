@@ -1,5 +1,6 @@
 //! imgfleet-worker-gpu: CLIP embeddings and BLIP captions in `tch`, a dedicated
-//! model thread behind the `Encoder` port, and the seed's ML inference API.
+//! model thread behind the `Encoder` port, the seed's ML inference API, and (given a NATS
+//! URL) the fleet's encoder stage and search responder.
 
 pub mod bench;
 pub mod blip;
@@ -8,46 +9,97 @@ pub mod config;
 pub mod generate;
 pub mod http;
 pub mod layers;
-pub mod model_dir;
+/// Re-exported from `imgfleet_shared`, where every process resolves model names.
+pub use imgfleet_shared::model_dir;
 pub mod preprocess;
 pub mod runtime;
 pub mod stage;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use imgfleet_shared::http::ops;
+use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
 
 pub use crate::config::GpuWorkerConfig;
 use crate::runtime::{RuntimeOptions, TchEncoder, parse_device};
+use crate::stage::{EncoderStage, EncoderStageConfig};
 
-/// Loads the models and serves the ML API until SIGINT or SIGTERM.
+const NAME: &str = "imgfleet-worker-gpu";
+/// How long stopping waits for the current batch to be encoded and settled.
+const STOP_GRACE: Duration = Duration::from_secs(90);
+
+/// Loads the models, serves the ML API and, with a NATS URL, works for the fleet, until
+/// SIGINT or SIGTERM; then stops fetching, finishes and settles its batch, and exits.
 pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
-    tracing::info!(?config, "starting imgfleet-worker-gpu");
+    tracing::info!(?config, "starting {NAME}");
+    if config.fleet.nats_url.is_some() {
+        config.fleet.require_redis(NAME)?;
+    }
     let device = parse_device(&config.device).map_err(anyhow::Error::msg)?;
     let options = RuntimeOptions {
-        clip_model: config.clip_model.clone(),
-        blip_model: config.blip_model.clone(),
+        clip_model: config.models.clip_model.clone(),
+        blip_model: config.models.captioner().map(str::to_owned),
         device,
-        cpu_batch: config.cpu_batch,
+        cpu_batch: config.encoder_batch,
         max_waiting: config.max_waiting,
     };
-    let encoder = tokio::task::spawn_blocking(move || TchEncoder::start(options))
-        .await?
-        .context("loading the models")?;
-    let addr = SocketAddr::new(config.host, config.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-    let bound = listener.local_addr()?;
-    println!("imgfleet-worker-gpu listening on http://{bound}");
-    let router = http::router(http::MlState { encoder: Arc::new(encoder) }, config.max_body_bytes);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    let encoder: Arc<dyn Encoder> = Arc::new(
+        tokio::task::spawn_blocking(move || TchEncoder::start(options))
+            .await?
+            .context("loading the models")?,
+    );
+    let capabilities = encoder.capabilities();
+    tracing::info!(?capabilities, "models loaded");
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    if config.fleet.nats_url.is_some() {
+        let queue = config.fleet.connect_queue(NAME).await?;
+        let state: Arc<dyn StateStore> = config.fleet.connect_state(NAME).await?;
+        imgfleet_shared::config::account_given_up(&queue, state.clone());
+        let client = queue.client();
+        let queue: Arc<dyn WorkQueue> = queue;
+        let stage_config = EncoderStageConfig { max_deliver: config.fleet.max_deliver, ..EncoderStageConfig::default() };
+        let stage = EncoderStage::new(queue, state, encoder.clone(), stage_config);
+        tracing::info!(batch = stage.batch(), captions = stage.captions(), "joining the fleet: encoding prepared images, answering search requests");
+        {
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move { stage.run(stop).await }));
+        }
+        {
+            let stop = stop.clone();
+            let encoder = encoder.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = imgfleet_shared::adapters::nats_encoder::serve_encoder(client, encoder, stop).await {
+                    tracing::error!(error = %e, "the search responder stopped");
+                }
+            }));
+        }
+    }
+    let router = http::router(http::MlState { encoder }, config.max_body_bytes);
+    ops::serve(NAME, config.host, config.port, router, ops::shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    ops::join_stages(tasks, STOP_GRACE).await;
+    tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// libtorch's OpenMP threads busy-wait between parallel regions by default (libgomp reads
+/// `OMP_WAIT_POLICY` once, when the library loads, before `main`). Where the model thread
+/// shares cores with other work (decoding threads, other workers on the machine), spinning
+/// threads starve them: measured on 2 cores, `imgfleet serve` went from 72 to 105 images/s
+/// with PASSIVE. This re-runs the current binary with the variable set, unless the user set it;
+/// it returns only if that is not needed or not possible.
+pub fn passive_openmp_or_reexec() {
+    use std::os::unix::process::CommandExt as _;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
     }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let error = std::process::Command::new(exe).args(args).env("OMP_WAIT_POLICY", "PASSIVE").exec();
+    // Only reached if exec failed: go on with the default policy.
+    eprintln!("warning: could not re-run with OMP_WAIT_POLICY=PASSIVE ({error}); continuing");
 }

@@ -30,7 +30,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
-/// The stores answer: ready to take requests.
+/// The stores (and the queue, where this server ingests) answer: ready to take requests.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(app): State<AppState>) -> AppResult<Json<Health>> {
@@ -42,6 +42,12 @@ pub async fn readyz(State(app): State<AppState>) -> AppResult<Json<Health>> {
         .active_collection()
         .await
         .map_err(|e| AppError::unavailable(format!("state store: {e}")))?;
+    if let Some(queue) = &app.queue {
+        queue
+            .depth(imgfleet_shared::names::Stream::Scan)
+            .await
+            .map_err(|e| AppError::unavailable(format!("queue: {e}")))?;
+    }
     Ok(Json(Health { status: "ready".into() }))
 }
 

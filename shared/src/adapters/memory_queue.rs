@@ -214,6 +214,14 @@ struct MemorySettler {
 
 #[async_trait]
 impl Settler for MemorySettler {
+    async fn in_progress(&self) -> Result<(), QueueError> {
+        let mut inner = self.state.inner.lock();
+        if let Some((_, deadline)) = inner.in_flight.get_mut(&self.token) {
+            *deadline = Instant::now() + self.state.config.ack_wait;
+        }
+        Ok(())
+    }
+
     async fn settle(self: Box<Self>, how: Settle) -> Result<(), QueueError> {
         let state = &self.state;
         let mut inner = state.inner.lock();

@@ -4,6 +4,7 @@
 pub mod edge_vectors;
 pub mod file_state;
 pub mod memory_queue;
+pub mod nats_encoder;
 pub mod nats_queue;
 pub mod qdrant_vectors;
 pub mod redis_state;
@@ -11,6 +12,7 @@ pub mod redis_state;
 pub use edge_vectors::{EdgeStoreOptions, EdgeVectorStore, ShardStats};
 pub use file_state::FileStateStore;
 pub use memory_queue::{MemoryQueue, MemoryQueueConfig};
-pub use nats_queue::{NatsQueue, NatsQueueConfig};
+pub use nats_encoder::NatsEncoder;
+pub use nats_queue::{GivenUpHook, NatsQueue, NatsQueueConfig};
 pub use qdrant_vectors::QdrantVectorStore;
 pub use redis_state::{RedisStateOptions, RedisStateStore};

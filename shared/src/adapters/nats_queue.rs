@@ -199,7 +199,15 @@ struct Shared {
     config: NatsQueueConfig,
     lanes: RwLock<HashMap<Stream, Lane>>,
     dead: jetstream::stream::Stream<()>,
+    given_up: RwLock<Option<GivenUpHook>>,
 }
+
+/// Called with a message the server gave up on (never settled in `max_deliver` deliveries:
+/// its workers died on it), before it is deleted: the pipeline accounts for its image there.
+/// An error keeps the message in the work stream for a later look.
+pub type GivenUpHook = Arc<
+    dyn Fn(Stream, Vec<u8>, String) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
 
 pub struct NatsQueue {
     shared: Arc<Shared>,
@@ -248,7 +256,7 @@ impl NatsQueue {
         for stream in Stream::ALL {
             lanes.insert(stream, ensure_lane(&js, &config, stream).await?);
         }
-        let shared = Arc::new(Shared { client, js, config, lanes: RwLock::new(lanes), dead });
+        let shared = Arc::new(Shared { client, js, config, lanes: RwLock::new(lanes), dead, given_up: RwLock::new(None) });
 
         let advisories = if shared.config.handle_max_deliveries_advisories {
             Some(spawn_advisory_handler(Arc::clone(&shared)).await?)
@@ -256,6 +264,12 @@ impl NatsQueue {
             None
         };
         Ok(Self { shared, advisories })
+    }
+
+    /// Sets what is done with a message the server gave up on, before it is dead-lettered and
+    /// deleted (see [`GivenUpHook`]).
+    pub fn on_given_up(&self, hook: GivenUpHook) {
+        *self.shared.given_up.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// The underlying client (for request/reply on the same connection).
@@ -532,6 +546,24 @@ impl Shared {
             .map(|v| v.as_str().to_owned())
             .unwrap_or_else(|| format!("seq-{sequence}"));
         let reason = format!("not settled after {deliveries} deliveries");
+        let hook = self.given_up.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(hook) = hook {
+            // A few tries: the advisory is not sent again.
+            let mut delay = Duration::from_millis(500);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match hook(stream, message.payload.to_vec(), reason.clone()).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 8 => {
+                        tracing::warn!(stream = stream.name(), message_id, "accounting for a given-up message failed, retrying: {e}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => return Err(QueueError::Unavailable(format!("accounting for given-up {message_id}: {e}"))),
+                }
+            }
+        }
         self.record_dead_letter(stream, &message_id, sequence, deliveries, &reason).await?;
         match tokio::time::timeout(self.config.request_timeout, lane.stream.delete_message(sequence)).await {
             Ok(Ok(_)) => {}
@@ -626,6 +658,16 @@ impl NatsSettler {
 
 #[async_trait]
 impl Settler for NatsSettler {
+    async fn in_progress(&self) -> Result<(), QueueError> {
+        // Fire and forget: a lost progress note costs at worst a redelivery, which the
+        // stages handle; waiting for a confirmation would stall the work it reports on.
+        match tokio::time::timeout(self.shared.config.request_timeout, self.acker.ack_with(AckKind::Progress)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&format!("progress of {}", self.message_id), e)),
+            Err(_) => Err(QueueError::Unavailable(format!("progress of {}: timed out", self.message_id))),
+        }
+    }
+
     async fn settle(self: Box<Self>, how: Settle) -> Result<(), QueueError> {
         match how {
             Settle::Ack => self.send(AckKind::Ack).await,

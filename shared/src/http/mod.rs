@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod image_input;
+pub mod ops;
 
 pub use error::{AppError, AppResult, ErrorBody, ErrorDetail};
 pub use extract::{ApiJson, ApiQuery, optional_json};

@@ -42,6 +42,9 @@ pub enum Settle {
 #[async_trait]
 pub trait Settler: Send + Sync {
     async fn settle(self: Box<Self>, how: Settle) -> Result<(), QueueError>;
+
+    /// The delivery is still being worked on: its ack wait starts again.
+    async fn in_progress(&self) -> Result<(), QueueError>;
 }
 
 /// One delivery of a message. Settle it exactly once; a dropped, unsettled delivery is
@@ -68,6 +71,12 @@ impl Delivery {
 
     pub async fn settle(self, how: Settle) -> Result<(), QueueError> {
         self.settler.settle(how).await
+    }
+
+    /// Restarts the ack wait of a delivery that takes long (a scan of a big tree), so it is
+    /// not delivered to another worker while this one is still on it.
+    pub async fn in_progress(&self) -> Result<(), QueueError> {
+        self.settler.in_progress().await
     }
 
     pub async fn ack(self) -> Result<(), QueueError> {

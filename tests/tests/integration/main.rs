@@ -7,6 +7,7 @@ mod clip;
 mod cpu_stage;
 mod edge_store;
 mod embedded_contracts;
+mod fleet;
 mod ingest;
 mod ml_api;
 mod nats_contracts;

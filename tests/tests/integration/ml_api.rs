@@ -158,7 +158,7 @@ async fn bad_inputs_get_4xx_with_a_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_binary_serves_the_ml_api_and_stops_on_sigterm() {
     let model = fixture("clip-tiny-a").to_string_lossy().into_owned();
-    let args: Vec<String> = ["--port", "0", "--device", "cpu", "--cpu-batch", "3", "--clip-model", &model]
+    let args: Vec<String> = ["--port", "0", "--device", "cpu", "--encoder-batch", "3", "--clip-model", &model]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();

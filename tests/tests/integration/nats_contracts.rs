@@ -283,3 +283,153 @@ mod adapter {
         }
     }
 }
+
+/// A long job keeps its delivery with `in_progress`; the encoder port over request/reply.
+mod keepalive_and_rpc {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use imgfleet_shared::adapters::NatsEncoder;
+    use imgfleet_shared::adapters::nats_encoder::serve_encoder;
+    use imgfleet_shared::domain::RgbImage;
+    use imgfleet_shared::names::Stream;
+    use imgfleet_shared::ports::{Encoder, EncoderError, WorkQueue};
+    use imgfleet_tests::harness::fixture_models;
+    use imgfleet_tests::nats_server::{ACK_WAIT, NatsFixture};
+    use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivery_kept_in_progress_is_not_delivered_again() {
+        let f = NatsFixture::new();
+        let q = f.connect().await;
+        q.publish(Stream::Scan, "long", b"walk a big tree".to_vec()).await.unwrap();
+        let mut held = q.fetch(Stream::Scan, 1, Duration::from_secs(1)).await.unwrap();
+        let delivery = held.pop().unwrap();
+        // Three ack waits pass, with a progress note every half of one.
+        for _ in 0..6 {
+            tokio::time::sleep(ACK_WAIT / 2).await;
+            delivery.in_progress().await.unwrap();
+        }
+        assert!(q.fetch(Stream::Scan, 1, Duration::from_millis(200)).await.unwrap().is_empty(), "redelivered while in progress");
+        delivery.ack().await.unwrap();
+        // Without progress notes it does come back (the control).
+        q.publish(Stream::Scan, "short", b"x".to_vec()).await.unwrap();
+        let first = q.fetch(Stream::Scan, 1, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        tokio::time::sleep(ACK_WAIT + Duration::from_millis(500)).await;
+        let again = q.fetch(Stream::Scan, 1, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(again.len(), 1, "not redelivered after the ack wait");
+        assert_eq!(again[0].deliveries, 2);
+        drop(first);
+        for d in again {
+            d.ack().await.unwrap();
+        }
+    }
+
+    fn picture(width: u32, height: u32, seed: u8) -> RgbImage {
+        let data = (0..width * height * 3).map(|i| ((i as u64 * 31 + u64::from(seed) * 7) % 256) as u8).collect();
+        RgbImage { width, height, data }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn search_requests_reach_a_worker_and_get_its_answers() {
+        let f = NatsFixture::new();
+        let q = f.connect().await;
+        let options = RuntimeOptions {
+            clip_model: fixture_models().join("clip-tiny-a").display().to_string(),
+            blip_model: None,
+            device: tch::Device::Cpu,
+            cpu_batch: 4,
+            max_waiting: 8,
+        };
+        let tch = Arc::new(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await.unwrap().unwrap());
+        let caps = tch.capabilities();
+        let remote = NatsEncoder::new(q.client(), Duration::from_secs(5), caps.clone());
+
+        // Nobody listens yet: unavailable at once, with a message that says what to start.
+        let started = std::time::Instant::now();
+        let error = remote.embed_texts(vec!["a cat".into()]).await.unwrap_err();
+        assert!(matches!(&error, EncoderError::Unavailable(m) if m.contains("no encoder worker is running")), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2), "no-responders is answered at once");
+
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let worker: Arc<dyn Encoder> = tch.clone();
+        let responder = tokio::spawn(serve_encoder(q.client(), worker, stop));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let texts = vec!["a cat".to_owned(), "two dogs on a beach".to_owned()];
+        assert_eq!(remote.embed_texts(texts.clone()).await.unwrap(), tch.embed_texts(texts).await.unwrap());
+        let images = vec![picture(64, 48, 1), picture(30, 90, 2)];
+        let over_nats = remote.embed_images(images.clone()).await.unwrap();
+        // One request per image: compared with the encoder on each image alone (a batch of two
+        // rounds differently).
+        let mut direct = Vec::new();
+        for image in images {
+            direct.extend(tch.embed_images(vec![image]).await.unwrap());
+        }
+        assert_eq!(over_nats, direct, "small images travel unchanged");
+        assert_eq!(remote.refresh_capabilities().await.unwrap(), caps);
+        let error = remote.embed_texts(Vec::new()).await.unwrap_err();
+        assert!(matches!(error, EncoderError::Invalid(_)), "{error}");
+
+        // An image too large for max_payload is downscaled on the way and still embedded.
+        let big = picture(1600, 1200, 3);
+        let embedded = remote.embed_images(vec![big.clone()]).await.unwrap().remove(0);
+        let direct = tch.embed_images(vec![big]).await.unwrap().remove(0);
+        let cosine: f32 = embedded.iter().zip(&direct).map(|(a, b)| a * b).sum();
+        assert!(cosine > 0.99, "downscaled image embedding drifts: cosine {cosine}");
+
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), responder).await.expect("the responder stops").unwrap().unwrap();
+        assert!(matches!(remote.embed_texts(vec!["x".into()]).await, Err(EncoderError::Unavailable(_))));
+    }
+}
+
+/// A file whose workers keep dying on it is dead-lettered and, through the given-up hook,
+/// counted as failed: its job completes instead of waiting forever.
+mod given_up {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use imgfleet_shared::adapters::FileStateStore;
+    use imgfleet_shared::domain::{JobRecord, JobStatus};
+    use imgfleet_shared::messages::{self, FileTask};
+    use imgfleet_shared::names::Stream;
+    use imgfleet_shared::ports::{StateStore, WorkQueue};
+    use imgfleet_tests::nats_server::{ACK_WAIT, NatsFixture};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_kills_its_workers_fails_with_a_reason_and_the_job_completes() {
+        let f = NatsFixture::new();
+        let q = f.connect().await;
+        let dir = tempfile::tempdir().unwrap();
+        let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir.path()).unwrap());
+        imgfleet_shared::config::account_given_up(&q, state.clone());
+
+        let job = JobRecord::new("job-poison".into(), "images".into(), "/photos".into());
+        state.create_job(&job).await.unwrap();
+        state.set_job_status("job-poison", JobStatus::Running, None).await.unwrap();
+        state.record_discovered("job-poison", "/photos/poison.jpg").await.unwrap();
+        state.mark_scan_complete("job-poison").await.unwrap();
+        let task = FileTask::new("job-poison".into(), "images".into(), "/photos/poison.jpg".into());
+        q.publish(Stream::Files, "file:poison", messages::encode(&task)).await.unwrap();
+
+        // Every worker that takes it dies holding it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let record = state.job("job-poison").await.unwrap().unwrap();
+            if record.status.is_final() {
+                assert_eq!(record.status, JobStatus::Completed, "{record:?}");
+                assert_eq!((record.counts.discovered, record.counts.failed), (1, 1), "{record:?}");
+                let line = record.logs.iter().find(|l| l.contains("poison.jpg")).expect("the failure is logged");
+                assert!(line.contains("dead-lettered"), "{line}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the job never completed: {record:?}");
+            for delivery in q.fetch(Stream::Files, 1, ACK_WAIT * 2).await.unwrap() {
+                drop(delivery);
+            }
+        }
+        assert_eq!(q.dead_letters(Stream::Files, 10).await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,30 @@
+//! Thumbnails of original files (`GET /images/{id}/thumbnail`), by the CPU stage's decoder
+//! (size limits, EXIF orientation). The CPU worker crate has no libtorch in it: the API links
+//! it for this alone.
+
+use std::path::Path;
+
+use imgfleet_worker_cpu::CpuStageConfig;
+use imgfleet_worker_cpu::decode::DecodeLimits;
+
+use crate::state::Thumbnailer;
+
+pub struct CpuThumbnailer {
+    limits: DecodeLimits,
+    max_file_bytes: u64,
+}
+
+impl CpuThumbnailer {
+    /// With the CPU stage's size limits.
+    pub fn new(config: &CpuStageConfig) -> Self {
+        Self { limits: config.prepare_options().limits, max_file_bytes: config.max_file_bytes }
+    }
+}
+
+impl Thumbnailer for CpuThumbnailer {
+    fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String> {
+        imgfleet_worker_cpu::thumbnail::render_with(path, max_side, self.max_file_bytes, self.limits)
+            .map(|t| t.jpeg)
+            .map_err(|e| e.to_string())
+    }
+}

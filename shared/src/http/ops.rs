@@ -1,0 +1,67 @@
+//! What every fleet process serves for operations (`/healthz`, `/metrics`), and how each one
+//! stops: on SIGINT or SIGTERM it stops fetching, finishes and settles what it holds, then exits.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+/// `/healthz` (`{"status":"ok","process":..}`) and `/metrics` (Prometheus text).
+pub fn router(process: &'static str) -> Router {
+    Router::new()
+        .route("/healthz", get(move || async move { axum::Json(json!({"status": "ok", "process": process})) }))
+        .route("/metrics", get(metrics))
+}
+
+async fn metrics() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)], crate::metrics::render())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received: stopping between batches");
+}
+
+/// Binds `host:port`, prints `<process> listening on http://ADDR` (the line scripts and tests
+/// wait for) and serves `router` until `shutdown` resolves.
+pub async fn serve(
+    process: &'static str,
+    host: std::net::IpAddr,
+    port: u16,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = std::net::SocketAddr::new(host, port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    println!("{process} listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// Waits for stage tasks to finish their current batch after a stop; after `grace` the rest is
+/// aborted (their unsettled deliveries come back after the queue's ack wait: nothing is lost).
+pub async fn join_stages(tasks: Vec<tokio::task::JoinHandle<()>>, grace: Duration) {
+    let handles: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    if tokio::time::timeout(grace, futures::future::join_all(tasks)).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "stages still busy after the grace period; stopping them");
+        for handle in handles {
+            handle.abort();
+        }
+    }
+}

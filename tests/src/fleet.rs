@@ -1,0 +1,234 @@
+//! A whole fleet on this machine, each part its own OS process: `nats-server` (the repo's
+//! nats.conf, free port, temp store), a durable `redis-server`, one `imgfleet-api` (embedded
+//! vector store, so it runs the indexer), CPU workers and GPU workers (tiny fixture models on the
+//! CPU), with helpers to kill and restart any of them.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{ChildProcess, fixture_models};
+use crate::nats_server::NatsServer;
+use crate::redis_server::RedisServer;
+
+/// How the fleet is made.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    pub cpu_workers: usize,
+    /// One GPU worker per entry, with this `--encoder-batch` (its capability on the CPU).
+    pub gpu_batches: Vec<usize>,
+    /// `--ack-wait-secs`: how soon the deliveries of a killed worker come back.
+    pub ack_wait_secs: u64,
+    /// `--claim-ttl-secs` of the CPU workers: how long a killed worker's dedup claim blocks
+    /// the content's other copies.
+    pub claim_ttl_secs: u64,
+    /// Threads per CPU worker (`--cpu-concurrency`).
+    pub cpu_concurrency: usize,
+    /// `--max-prepared-waiting` of the CPU workers: keeps the time from claim to stored (and
+    /// so under the claim TTL) short.
+    pub max_prepared_waiting: u64,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self { cpu_workers: 2, gpu_batches: vec![4, 8], ack_wait_secs: 10, claim_ttl_secs: 60, cpu_concurrency: 1, max_prepared_waiting: 128 }
+    }
+}
+
+pub struct Fleet {
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub api: ChildProcess,
+    /// `None` while killed.
+    pub cpu: Vec<Option<ChildProcess>>,
+    pub gpu: Vec<Option<ChildProcess>>,
+    options: FleetOptions,
+    data: tempfile::TempDir,
+    root: PathBuf,
+}
+
+/// A worker of the fleet, by kind and slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worker {
+    Cpu(usize),
+    Gpu(usize),
+}
+
+impl Fleet {
+    /// Starts the servers and every process; ingest paths must lie under `root`.
+    pub fn start(root: &Path, options: FleetOptions) -> Self {
+        let nats = NatsServer::start();
+        let redis = RedisServer::start_durable();
+        let data = tempfile::tempdir().expect("temp dir");
+        let root = root.canonicalize().expect("ingest root");
+        let mut api_args = vec!["--port".to_owned(), "0".into(), "--data-dir".into(), data.path().display().to_string()];
+        api_args.extend(["--ingest-root".to_owned(), root.display().to_string()]);
+        api_args.extend(Self::common_args(&nats, &redis, &options));
+        let api = ChildProcess::spawn("imgfleet-api", &api_args);
+        let mut fleet = Self { nats, redis, api, cpu: Vec::new(), gpu: Vec::new(), options, data, root };
+        for slot in 0..fleet.options.cpu_workers {
+            let worker = fleet.spawn(Worker::Cpu(slot));
+            fleet.cpu.push(Some(worker));
+        }
+        for slot in 0..fleet.options.gpu_batches.len() {
+            let worker = fleet.spawn(Worker::Gpu(slot));
+            fleet.gpu.push(Some(worker));
+        }
+        fleet
+    }
+
+    /// The flags every process gets: servers, models, queue settings.
+    fn common_args(nats: &NatsServer, redis: &RedisServer, options: &FleetOptions) -> Vec<String> {
+        let models = fixture_models();
+        vec![
+            "--nats-url".into(),
+            nats.url(),
+            "--redis-url".into(),
+            redis.url(),
+            "--clip-model".into(),
+            models.join("clip-tiny-224").display().to_string(),
+            "--blip-model".into(),
+            models.join("blip-tiny-a").display().to_string(),
+            "--ack-wait-secs".into(),
+            options.ack_wait_secs.to_string(),
+            // Settled quickly in tests; restarts of the servers are waited out, not given up on.
+            "--connect-retry-secs".into(),
+            "120".into(),
+        ]
+    }
+
+    fn spawn(&self, worker: Worker) -> ChildProcess {
+        let mut args = vec!["--port".to_owned(), "0".into()];
+        args.extend(Self::common_args(&self.nats, &self.redis, &self.options));
+        match worker {
+            Worker::Cpu(slot) => {
+                // A stable id per slot: a restarted worker takes its own live claims back.
+                args.extend(["--worker-id".to_owned(), format!("cpu-{slot}")]);
+                args.extend(["--claim-ttl-secs".to_owned(), self.options.claim_ttl_secs.to_string()]);
+                args.extend(["--cpu-concurrency".to_owned(), self.options.cpu_concurrency.to_string()]);
+                args.extend(["--held-retry-ms".to_owned(), "500".into()]);
+                args.extend(["--max-prepared-waiting".to_owned(), self.options.max_prepared_waiting.to_string()]);
+                ChildProcess::spawn("imgfleet-worker-cpu", &args)
+            }
+            Worker::Gpu(slot) => {
+                args.extend(["--device".to_owned(), "cpu".into()]);
+                args.extend(["--encoder-batch".to_owned(), self.options.gpu_batches[slot].to_string()]);
+                ChildProcess::spawn("imgfleet-worker-gpu", &args)
+            }
+        }
+    }
+
+    fn slot(&mut self, worker: Worker) -> &mut Option<ChildProcess> {
+        match worker {
+            Worker::Cpu(slot) => &mut self.cpu[slot],
+            Worker::Gpu(slot) => &mut self.gpu[slot],
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill(&mut self, worker: Worker) {
+        if let Some(mut process) = self.slot(worker).take() {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+        }
+    }
+
+    /// Starts a killed worker again in its slot.
+    pub fn restart(&mut self, worker: Worker) {
+        assert!(self.slot(worker).is_none(), "{worker:?} is running");
+        let process = self.spawn(worker);
+        *self.slot(worker) = Some(process);
+    }
+
+    pub fn workers(&self) -> Vec<Worker> {
+        (0..self.cpu.len()).map(Worker::Cpu).chain((0..self.gpu.len()).map(Worker::Gpu)).collect()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        self.api.url(path)
+    }
+
+    /// A running worker's `/metrics` URL.
+    pub fn metrics_url(&self, worker: Worker) -> Option<String> {
+        let process = match worker {
+            Worker::Cpu(slot) => self.cpu[slot].as_ref(),
+            Worker::Gpu(slot) => self.gpu[slot].as_ref(),
+        }?;
+        Some(process.url("/metrics"))
+    }
+}
+
+/// One stream's consumer as NATS's monitoring endpoint reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamState {
+    pub stream: String,
+    /// Messages stored in the stream (a work queue drops acked ones).
+    pub messages: u64,
+    /// Of its consumer: not yet delivered, delivered and not settled.
+    pub num_pending: u64,
+    pub num_ack_pending: u64,
+}
+
+/// Every stream of the server, from `/jsz` (read-only: no consumer is touched).
+pub async fn stream_states(nats: &NatsServer) -> Vec<StreamState> {
+    let url = format!("{}/jsz?streams=true&consumers=true", nats.monitor_url());
+    let jsz: Value = reqwest::get(&url).await.expect("nats monitoring").json().await.expect("jsz json");
+    let mut states = Vec::new();
+    for account in jsz["account_details"].as_array().cloned().unwrap_or_default() {
+        for stream in account["stream_detail"].as_array().cloned().unwrap_or_default() {
+            let mut state = StreamState {
+                stream: stream["name"].as_str().unwrap_or_default().to_owned(),
+                messages: stream["state"]["messages"].as_u64().unwrap_or(0),
+                ..StreamState::default()
+            };
+            for consumer in stream["consumer_detail"].as_array().cloned().unwrap_or_default() {
+                state.num_pending += consumer["num_pending"].as_u64().unwrap_or(0);
+                state.num_ack_pending += consumer["num_ack_pending"].as_u64().unwrap_or(0);
+            }
+            states.push(state);
+        }
+    }
+    states.sort_by(|a, b| a.stream.cmp(&b.stream));
+    states
+}
+
+/// Polls `GET /api/v1/ingest/status/{job_id}` until the job ends or `limit` passes; while
+/// waiting, calls `during` with the latest status (for chaos), at most every 200 ms.
+pub async fn wait_for_job(api: &str, job_id: &str, limit: Duration) -> Value {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(response) = client.get(format!("{api}/api/v1/ingest/status/{job_id}")).send().await {
+            if let Ok(job) = response.json::<Value>().await {
+                if ["completed", "failed", "cancelled"].contains(&job["status"].as_str().unwrap_or_default()) {
+                    return job;
+                }
+                assert!(Instant::now() < deadline, "job did not end within {limit:?}: {job}");
+            }
+        }
+        assert!(Instant::now() < deadline, "job did not end within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `imgfleet_<name>{labels} value` lines of a `/metrics` text: the sum over series whose labels
+/// contain `label_filter` (e.g. `model="clip"`).
+pub fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.contains(label_filter)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

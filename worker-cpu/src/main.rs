@@ -1,0 +1,89 @@
+//! `imgfleet-worker-cpu`: a fleet's CPU worker. It walks ingest directories (scan requests)
+//! and prepares their files (hash, dedup, decode, resize) from the NATS queue, with dedup
+//! claims and job state in Redis; `/healthz` and `/metrics` on --port.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use imgfleet_shared::config::{FleetArgs, ModelArgs, model_geometry};
+use imgfleet_shared::http::ops;
+use imgfleet_shared::ports::{StateStore, WorkQueue};
+use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
+use tracing::info;
+
+const NAME: &str = "imgfleet-worker-cpu";
+/// How long stopping waits for the current batch to be settled.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// A CPU worker of an imgfleet fleet: scans directories and prepares images for the encoders.
+#[derive(Parser, Debug)]
+#[command(name = NAME, version, about)]
+struct Cli {
+    /// Address of the /healthz and /metrics endpoints.
+    #[arg(long, env = "IMGFLEET_HOST", default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port of /healthz and /metrics (0 picks a free one and prints it).
+    #[arg(long, env = "IMGFLEET_PORT", default_value_t = 8002)]
+    port: u16,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    /// The fleet's models: only their configs are read, for the sizes to prepare.
+    #[command(flatten)]
+    models: ModelArgs,
+    /// CPU stage settings; `--clip-size` and `--blip-size` are taken from the models.
+    #[command(flatten)]
+    cpu: CpuStageConfig,
+    /// Do not walk directories; only prepare files (scan requests go to other workers).
+    #[arg(long, env = "IMGFLEET_NO_SCAN")]
+    no_scan: bool,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "IMGFLEET_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    imgfleet_shared::telemetry::init(cli.log_json);
+    info!(fleet = ?cli.fleet, models = ?cli.models, cpu = ?cli.cpu, no_scan = cli.no_scan, "starting {NAME}");
+    cli.fleet.require_nats(NAME)?;
+    cli.fleet.require_redis(NAME)?;
+    let geometry = model_geometry(&cli.models).await.context("reading the models' configs")?;
+    cli.cpu.clip_size = geometry.clip_size;
+    cli.cpu.blip_size = geometry.blip_size.unwrap_or(0);
+    if cli.cpu.max_prepared_waiting == 0 {
+        tracing::warn!("--max-prepared-waiting 0: prepared images may pile up in the queue and outlive their dedup claims");
+    }
+    let nats = cli.fleet.connect_queue(NAME).await?;
+    let state: Arc<dyn StateStore> = cli.fleet.connect_state(NAME).await?;
+    imgfleet_shared::config::account_given_up(&nats, state.clone());
+    let queue: Arc<dyn WorkQueue> = nats;
+    let stage = CpuStage::new(queue.clone(), state.clone(), cli.cpu.clone()).context("CPU stage settings")?;
+    info!(
+        owner = stage.owner(),
+        concurrency = cli.cpu.effective_concurrency(),
+        clip_size = cli.cpu.clip_size,
+        blip_size = cli.cpu.blip_size,
+        "ready"
+    );
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    if !cli.no_scan {
+        let scanner = Scanner::new(queue.clone(), state.clone(), cli.cpu.symlinks);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move { scanner.run(stop, Duration::from_secs(1)).await }));
+    }
+    {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move { stage.run(stop).await }));
+    }
+    ops::serve(NAME, cli.host, cli.port, ops::router(NAME), ops::shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    ops::join_stages(tasks, STOP_GRACE).await;
+    info!("stopped");
+    Ok(())
+}
