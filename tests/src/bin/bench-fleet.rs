@@ -61,25 +61,31 @@ async fn ingest_and_time(api: &str, dir: &Path) -> anyhow::Result<(f64, Value)> 
     Ok((started.elapsed().as_secs_f64(), job))
 }
 
-/// Per message: publish (awaited ack), fetch in batches of 32, ack each. Returns µs per message.
+/// Per message: publish (awaited ack, 16 in flight), fetch in batches of 32, ack each, in
+/// rounds of 256 (a bounded queue takes that many). Returns µs per message.
 async fn queue_round_trip(queue: &dyn WorkQueue, messages: usize, size: usize) -> anyhow::Result<f64> {
+    const ROUND: usize = 256;
     let payload = vec![7u8; size];
     let started = Instant::now();
-    let publishes = (0..messages).map(|i| {
-        let payload = payload.clone();
-        async move { queue.publish(Stream::Encoded, &format!("bench-{size}-{i}"), payload).await }
-    });
-    // A few in flight at once, as the stages publish.
-    let mut stream = futures::stream::iter(publishes).buffer_unordered(16);
-    while let Some(result) = stream.next().await {
-        result?;
-    }
-    let mut received = 0;
-    while received < messages {
-        let batch = queue.fetch(Stream::Encoded, 32, Duration::from_secs(5)).await?;
-        anyhow::ensure!(!batch.is_empty(), "messages lost in the queue bench");
-        received += batch.len();
-        futures::future::try_join_all(batch.into_iter().map(|d| d.ack())).await?;
+    let mut sent = 0;
+    while sent < messages {
+        let round = ROUND.min(messages - sent);
+        let publishes = (sent..sent + round).map(|i| {
+            let payload = payload.clone();
+            async move { queue.publish(Stream::Encoded, &format!("bench-{size}-{i}"), payload).await }
+        });
+        let mut stream = futures::stream::iter(publishes).buffer_unordered(16);
+        while let Some(result) = stream.next().await {
+            result?;
+        }
+        let mut received = 0;
+        while received < round {
+            let batch = queue.fetch(Stream::Encoded, 32, Duration::from_secs(5)).await?;
+            anyhow::ensure!(!batch.is_empty(), "messages lost in the queue bench");
+            received += batch.len();
+            futures::future::try_join_all(batch.into_iter().map(|d| d.ack())).await?;
+        }
+        sent += round;
     }
     Ok(started.elapsed().as_secs_f64() * 1e6 / messages as f64)
 }
@@ -99,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let server = ChildProcess::serve_tiny(&data, Some(scratch.path()), true);
     let (embedded_secs, job) = ingest_and_time(&server.url(""), &dir).await?;
     anyhow::ensure!(job["status"] == "completed", "embedded job: {job}");
+    eprintln!("bench-fleet: embedded {:.1} s", embedded_secs);
     drop(server);
 
     eprintln!("fleet ({} CPU + {} GPU workers, NATS, Redis) ...", args.cpu_workers, args.gpu_workers);
@@ -112,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
     let fleet = Fleet::start(scratch.path(), options);
     let (fleet_secs, job) = ingest_and_time(&fleet.api_url(""), &dir).await?;
     anyhow::ensure!(job["status"] == "completed", "fleet job: {job}");
+    eprintln!("bench-fleet: fleet {:.1} s", fleet_secs);
     drop(fleet);
 
     eprintln!("queue round trips ...");
