@@ -151,6 +151,16 @@ async fn a_fleet_of_processes_ingests_two_thousand_files_with_exact_counts() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.unwrap().as_array().unwrap().len(), 3);
 
+    // The job was completed once, by one process, however many took part.
+    let mut completions = 0.0;
+    let mut urls = vec![fleet.api_url("/metrics")];
+    urls.extend(fleet.workers().into_iter().filter_map(|w| fleet.metrics_url(w)));
+    for url in urls {
+        let text = client.get(url).send().await.unwrap().text().await.unwrap();
+        completions += metric_sum(&text, "imgfleet_jobs_finished_total", "status=\"completed\"");
+    }
+    assert_eq!(completions, 1.0, "the job's completion was recorded {completions} times");
+
     // SIGTERM: the GPU workers drain and exit cleanly; then no encoder answers: a clear 503.
     for slot in 0..2 {
         let worker = fleet.gpu[slot].take().unwrap();
@@ -166,6 +176,21 @@ async fn a_fleet_of_processes_ingests_two_thousand_files_with_exact_counts() {
     }
     let health: Value = client.get(fleet.api_url("/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
+}
+
+/// The job's status; while Redis is coming back the API answers 503 for a moment: retried.
+async fn job_status(client: &Client, fleet: &Fleet, job_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client.get(fleet.api_url(&format!("/api/v1/ingest/status/{job_id}"))).send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == StatusCode::OK {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "job status still {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// xorshift64: the chaos is reproducible from the printed seed.
@@ -217,14 +242,7 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     for step in plan {
         // Some progress between blows.
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let status: Value = client
-            .get(fleet.api_url(&format!("/api/v1/ingest/status/{job_id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = job_status(&client, &fleet, &job_id).await;
         assert_ne!(status["status"], "completed", "the ingest ended before the chaos did ({step:?} left): make the corpus bigger");
         match step {
             Chaos::KillWorker => {
@@ -249,4 +267,56 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     assert_eq!(counts(&job), [4000, 3600, 300, 100], "{job}");
     assert_stored_once(&client, &fleet, &corpus).await;
     assert_queue_drained(&fleet).await;
+}
+
+/// Every fleet binary takes the common flags, each with its environment variable.
+#[test]
+fn every_fleet_binary_takes_the_common_flags() {
+    for binary in ["imgfleet-api", "imgfleet-worker-cpu", "imgfleet-worker-gpu", "imgfleet-indexer"] {
+        let output = std::process::Command::new(imgfleet_tests::harness::workspace_binary(binary)).arg("--help").output().unwrap();
+        assert!(output.status.success(), "{binary} --help");
+        let help = String::from_utf8_lossy(&output.stdout);
+        for (flag, env) in [
+            ("--nats-url", "IMGFLEET_NATS_URL"),
+            ("--redis-url", "IMGFLEET_REDIS_URL"),
+            ("--qdrant-url", "IMGFLEET_QDRANT_URL"),
+            ("--port", "IMGFLEET_PORT"),
+            ("--clip-model", "IMGFLEET_CLIP_MODEL"),
+            ("--blip-model", "IMGFLEET_BLIP_MODEL"),
+            ("--ack-wait-secs", "IMGFLEET_ACK_WAIT_SECS"),
+            ("--max-deliver", "IMGFLEET_MAX_DELIVER"),
+        ] {
+            assert!(help.contains(flag) && help.contains(env), "{binary} --help lacks {flag} / {env}:\n{help}");
+        }
+    }
+}
+
+/// Started without what they need, the fleet binaries say what to give them and exit.
+#[test]
+fn fleet_binaries_explain_what_they_miss() {
+    let run = |binary: &str, args: &[&str]| {
+        let output = std::process::Command::new(imgfleet_tests::harness::workspace_binary(binary))
+            .args(args)
+            .env_remove("IMGFLEET_NATS_URL")
+            .env_remove("IMGFLEET_REDIS_URL")
+            .env_remove("IMGFLEET_QDRANT_URL")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{binary} {args:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let models = imgfleet_tests::harness::fixture_models();
+    let clip = models.join("clip-tiny-224").display().to_string();
+    let blip = models.join("blip-tiny-a").display().to_string();
+    let stderr = run("imgfleet-api", &["--port", "0"]);
+    assert!(stderr.contains("--nats-url") && stderr.contains("imgfleet serve"), "{stderr}");
+    let stderr = run("imgfleet-worker-cpu", &["--port", "0", "--nats-url", "nats://127.0.0.1:1"]);
+    assert!(stderr.contains("--redis-url"), "{stderr}");
+    let stderr = run("imgfleet-indexer", &["--port", "0", "--nats-url", "nats://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"]);
+    assert!(stderr.contains("--qdrant-url"), "{stderr}");
+    // Nothing listens on port 1: given up after --connect-retry-secs, naming the server.
+    let args = ["--port", "0", "--nats-url", "nats://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"];
+    let args: Vec<&str> = args.into_iter().chain(["--connect-retry-secs", "1", "--clip-model", &clip, "--blip-model", &blip]).collect();
+    let stderr = run("imgfleet-worker-cpu", &args);
+    assert!(stderr.contains("cannot reach nats at nats://127.0.0.1:1"), "{stderr}");
 }
