@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgfleet_shared::domain::{ItemOutcome, RgbImage, SCHEMA_VERSION};
-use imgfleet_shared::job_status::complete_if_done;
+use imgfleet_shared::job_status::{JobStatusCache, complete_if_done};
 use imgfleet_shared::messages::{self, EncodedImage, PreparedImage};
 use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::names::Stream;
@@ -71,6 +71,7 @@ pub struct EncoderStage {
     config: EncoderStageConfig,
     batch: usize,
     caption: bool,
+    jobs: JobStatusCache,
 }
 
 /// One prepared image of a batch, with its delivery.
@@ -97,7 +98,7 @@ impl EncoderStage {
             capabilities.safe_clip_batch
         };
         let batch = if config.batch > 0 { config.batch } else { capability.max(1) };
-        Self { queue, state, encoder, config, batch, caption }
+        Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default() }
     }
 
     /// Images per batch this stage fetches.
@@ -163,6 +164,24 @@ impl EncoderStage {
     }
 
     async fn encode_batch(&self, items: Vec<Item>) {
+        // A cancelled job's images are not encoded: their claims are given back (a later
+        // ingest of the same content takes them at once) and their deliveries acked.
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items {
+            match self.jobs.is_cancelled(self.state.as_ref(), &item.image.job_id).await {
+                Ok(true) => {
+                    let image = &item.image;
+                    if let Err(e) = self.state.release(&image.collection, &image.payload.sha256, &image.claim_owner).await {
+                        debug!(error = %e, "giving back a cancelled image's claim failed; it expires by itself");
+                    }
+                    PIPELINE.images.with_label_values(&["encoder", "cancelled"]).inc();
+                    item.delivery.settle_or_warn(Settle::Ack).await;
+                }
+                // Unknown (the state store is away for a moment): encode it.
+                Ok(false) | Err(_) => kept.push(item),
+            }
+        }
+        let items = kept;
         // Malformed pixel buffers fail on their own, before the batch.
         let (items, malformed): (Vec<_>, Vec<_>) = items.into_iter().partition(|item| self.check(&item.image).is_ok());
         for item in malformed {

@@ -57,7 +57,11 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // A 503 is a dependency away for a moment (no GPU worker yet, Redis restarting): worth a
+        // warning; any other 5xx is a fault of this server.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(code = self.code, message = %self.message, "request refused: a dependency is unavailable");
+        } else if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };

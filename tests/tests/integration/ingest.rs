@@ -334,6 +334,16 @@ async fn a_cancelled_job_stops_and_stays_cancelled() {
     let (_, later) = get(&client, &server, &format!("/api/v1/ingest/status/{job_id}")).await;
     assert_eq!(later["status"], "cancelled");
     assert!(counts(&later)[1] < 600, "the cancelled job did not run to the end: {later}");
+    // Images already prepared were not encoded: the model counters stay where they are.
+    let runs = model_runs(&client, &server).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(model_runs(&client, &server).await, runs, "a cancelled job's images are still being encoded");
+    // Their dedup claims were given back: ingesting the folder again takes every file at once,
+    // the stored ones as duplicates and the rest processed.
+    let again = wait_for(&client, &server, &ingest(&client, &server, &dir).await).await;
+    assert_eq!(again["status"], "completed", "{again}");
+    let [discovered, processed, duplicates, failed] = counts(&again);
+    assert_eq!((discovered, processed + duplicates, failed), (600, 600, 0), "{again}");
     // The stages are idle again: a new job runs to completion.
     let small = root.path().join("small");
     corpus::generate(&small, &CorpusSpec { unique: 5, duplicates: 0, broken: 0, ..CorpusSpec::default() }).unwrap();
