@@ -17,6 +17,9 @@ pub struct ScanRequest {
     /// unsettled files were published again from the state store).
     #[serde(default)]
     pub only_new: bool,
+    /// Times this job's scan was interrupted and handed on as a fresh request.
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 /// One candidate file found by the scan.
@@ -144,7 +147,7 @@ pub fn decode<T: for<'de> Deserialize<'de> + Versioned>(bytes: &[u8]) -> Result<
 
 impl ScanRequest {
     pub fn new(job_id: String, collection: String, directory_path: String) -> Self {
-        Self { schema_version: SCHEMA_VERSION, job_id, collection, directory_path, only_new: false }
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, directory_path, only_new: false, resumes: 0 }
     }
 }
 

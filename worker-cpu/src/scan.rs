@@ -40,6 +40,9 @@ const SCAN_GROUP: usize = 256;
 /// sensible ack wait).
 const SCAN_HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// Interruptions after which a job's scan gives up (fails the job).
+const MAX_SCAN_RESUMES: u32 = 50;
+
 /// Skip notes logged against one job at most; the rest are only counted.
 const MAX_SKIP_LOG_LINES: u64 = 50;
 
@@ -229,18 +232,23 @@ impl Scanner {
 
     /// Handles at most one scan request; returns how many it fetched (0 or 1).
     pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
+        self.run_batch_until(wait, None).await
+    }
+
+    async fn run_batch_until(&self, wait: Duration, stop: Option<&tokio::sync::watch::Receiver<bool>>) -> Result<usize, QueueError> {
         let deliveries = self.queue.fetch(Stream::Scan, 1, wait).await?;
         let fetched = deliveries.len();
         for delivery in deliveries {
-            self.handle(delivery).await;
+            self.handle_until(delivery, stop).await;
         }
         Ok(fetched)
     }
 
-    /// Handles scan requests until `shutdown` turns true (checked between requests).
+    /// Handles scan requests until `shutdown` turns true. A scan running then stops between
+    /// groups and hands its request back at once: another scanner resumes it.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>, wait: Duration) {
         while !*shutdown.borrow_and_update() {
-            match self.run_batch(wait).await {
+            match self.run_batch_until(wait, Some(&shutdown)).await {
                 Ok(_) => {}
                 Err(QueueError::Closed) => return,
                 Err(e) => {
@@ -253,9 +261,13 @@ impl Scanner {
 
     /// Walks the request's directory and settles the delivery.
     pub async fn handle(&self, delivery: Delivery) {
+        self.handle_until(delivery, None).await;
+    }
+
+    async fn handle_until(&self, delivery: Delivery, stop: Option<&tokio::sync::watch::Receiver<bool>>) {
         let settle = match messages::decode::<ScanRequest>(&delivery.payload) {
             Err(e) => Settle::Terminate(format!("undecodable scan request: {e}")),
-            Ok(request) => match self.scan(&request, &delivery).await {
+            Ok(request) => match self.scan(&request, &delivery, stop).await {
                 Ok(settle) => settle,
                 Err(e) => {
                     warn!(job_id = %request.job_id, error = %e, "scan interrupted; it will run again");
@@ -266,7 +278,12 @@ impl Scanner {
         delivery.settle_or_warn(settle).await;
     }
 
-    async fn scan(&self, request: &ScanRequest, delivery: &Delivery) -> Result<Settle, Transient> {
+    async fn scan(
+        &self,
+        request: &ScanRequest,
+        delivery: &Delivery,
+        stop: Option<&tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<Settle, Transient> {
         let job_id = request.job_id.as_str();
         match self.state.set_job_status(job_id, JobStatus::Running, None).await {
             Ok(job) if job.status.is_final() => {
@@ -277,6 +294,41 @@ impl Scanner {
             Err(StateError::JobNotFound(_)) => return Ok(Settle::Terminate(format!("job {job_id} does not exist"))),
             Err(e) => return Err(e.into()),
         }
+        // A scan request delivered again was interrupted (its scanner died, stopped, or met a
+        // transient error): the files it had found and not seen settled are queued again
+        // (their tasks may not have reached the queue), and the scan goes on as a fresh
+        // request that publishes only files not found before, instead of publishing (and
+        // hashing) the whole tree again. Fresh, so interruptions never add up to the queue's
+        // max deliveries; bounded, so a scan that kills its scanner every time ends.
+        if delivery.deliveries > 1 {
+            if request.resumes >= MAX_SCAN_RESUMES {
+                let reason = format!("the scan was interrupted {} times; giving up", request.resumes + 1);
+                self.state.set_job_status(job_id, JobStatus::Failed, Some(reason)).await?;
+                return Ok(Settle::Ack);
+            }
+            let unsettled = self.state.unsettled_items(job_id).await?;
+            for chunk in unsettled.chunks(SCAN_GROUP) {
+                self.wait_for_room(delivery).await?;
+                let published = futures::future::join_all(chunk.iter().map(|path| async move {
+                    let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
+                    self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await
+                }))
+                .await;
+                for result in published {
+                    result?;
+                }
+            }
+            let mut next = request.clone();
+            next.only_new = true;
+            next.resumes += 1;
+            self.queue.publish(Stream::Scan, &format!("{job_id}:resume:{}", next.resumes), messages::encode(&next)).await?;
+            self.state
+                .append_log(job_id, &format!("scan interrupted; resumed: {} unsettled files queued again, the walk goes on for new files", unsettled.len()))
+                .await?;
+            info!(job_id, unsettled = unsettled.len(), resumes = next.resumes, "scan interrupted; handed on as a fresh request for new files");
+            return Ok(Settle::Ack);
+        }
+        let only_new = request.only_new;
         let (sender, mut receiver) = mpsc::channel::<Result<WalkItem, ScanError>>(SCAN_CHANNEL_BOUND);
         let root = PathBuf::from(&request.directory_path);
         let policy = self.symlinks;
@@ -307,6 +359,10 @@ impl Scanner {
                 }
                 last_heartbeat = std::time::Instant::now();
             }
+            if stop.is_some_and(|s| *s.borrow()) {
+                info!(job_id, candidates = summary.candidates, "stopping: the scan request goes back to the queue");
+                return Ok(Settle::Retry(Duration::ZERO));
+            }
             let mut group = vec![first];
             while group.len() < SCAN_GROUP {
                 match receiver.try_recv() {
@@ -336,7 +392,7 @@ impl Scanner {
             let recorded = futures::future::join_all(candidates.iter().map(|path| self.state.record_discovered(job_id, path))).await;
             let mut new = Vec::with_capacity(candidates.len());
             for (path, result) in candidates.into_iter().zip(recorded) {
-                if result? || !request.only_new {
+                if result? || !only_new {
                     new.push(path);
                 }
             }
@@ -365,7 +421,15 @@ impl Scanner {
             self.state.append_log(job_id, &format!("skipped {more} more entries")).await?;
         }
         self.state
-            .append_log(job_id, &format!("scan complete: {} files found, {} entries skipped", summary.candidates, summary.skipped))
+            .append_log(
+                job_id,
+                &format!(
+                    "scan complete: {} {}files found, {} entries skipped",
+                    summary.candidates,
+                    if only_new { "more " } else { "" },
+                    summary.skipped
+                ),
+            )
             .await?;
         self.state.mark_scan_complete(job_id).await?;
         imgfleet_shared::job_status::complete_if_done(self.state.as_ref(), job_id).await?;

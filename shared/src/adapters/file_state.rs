@@ -318,6 +318,10 @@ fn flag_item(txn: &redb::WriteTransaction, job_id: &str, item: &str, flag: u8) -
 
 #[async_trait]
 impl StateStore for FileStateStore {
+    async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError> {
+        FileStateStore::unsettled_items(self, job_id).await
+    }
+
     async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError> {
         let key = key2(collection, sha256);
         let owner = owner.to_owned();

@@ -633,6 +633,10 @@ impl RedisStateStore {
 
 #[async_trait]
 impl StateStore for RedisStateStore {
+    async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError> {
+        RedisStateStore::unsettled_items(self, job_id).await
+    }
+
     async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError> {
         // PX wants 1 ms at least and refuses what overflows the server clock.
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS);

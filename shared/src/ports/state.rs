@@ -82,6 +82,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// duplicates are also logged. Returns whether this call counted it.
     async fn record_outcome(&self, job_id: &str, item: &str, outcome: &ItemOutcome) -> Result<bool, StateError>;
 
+    /// Items of `job_id` discovered and not settled yet: what an interrupted scan publishes
+    /// again (their tasks may never have reached the queue).
+    async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError>;
+
     /// Appends a log line (bounded, newest kept).
     async fn append_log(&self, job_id: &str, line: &str) -> Result<(), StateError>;
 

@@ -145,6 +145,13 @@ pub async fn counters_exact_under_redelivery(f: &dyn StateFixture) {
     assert!(s.record_outcome("j", "/c", &ItemOutcome::Duplicate { existing_id: "p9".into() }).await.unwrap());
     let j = s.job("j").await.unwrap().unwrap();
     assert_eq!((j.counts.discovered, j.counts.processed, j.counts.failed, j.counts.duplicates), (3, 1, 1, 1));
+    assert!(s.record_discovered("j", "/d").await.unwrap());
+    assert!(s.record_discovered("j", "/e").await.unwrap());
+    let mut unsettled = s.unsettled_items("j").await.unwrap();
+    unsettled.sort();
+    assert_eq!(unsettled, ["/d", "/e"], "discovered and not settled");
+    assert!(s.record_outcome("j", "/d", &ItemOutcome::Processed).await.unwrap());
+    assert_eq!(s.unsettled_items("j").await.unwrap(), ["/e"]);
     assert!(j.logs.iter().any(|l| l.contains("/b") && l.contains("truncated JPEG")), "{:?}", j.logs);
     assert!(j.logs.iter().any(|l| l.contains("/c") && l.contains("p9")), "{:?}", j.logs);
     for i in 0..MAX_JOB_LOG_LINES + 10 {

@@ -623,6 +623,41 @@ async fn a_claim_whose_holder_died_is_taken_over_after_its_ttl_and_stored_once()
 }
 
 #[tokio::test]
+async fn an_interrupted_scan_resumes_with_its_unsettled_files_and_only_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> =
+        (0..10).map(|i| write(&dir.path().join(format!("p{i}.jpg")), &jpeg(&photo(120, 90, 100 + i), 90))).collect();
+    let mut pipeline = Pipeline::new(test_config("cpu-test"), Duration::from_millis(300));
+    pipeline.submit("job-resume", dir.path()).await;
+    // The first scanner recorded three files as discovered, published none of their tasks, and
+    // died holding the request.
+    let canonical: Vec<String> = paths.iter().map(|p| p.canonicalize().unwrap().display().to_string()).collect();
+    for path in &canonical[..3] {
+        assert!(pipeline.state.record_discovered("job-resume", path).await.unwrap());
+    }
+    let held = pipeline.queue.fetch(Stream::Scan, 1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(held.len(), 1);
+    drop(held);
+
+    // Delivered again: the three are queued again and a fresh request goes on for new files.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    pipeline.scan().await;
+    assert_eq!(pipeline.queue.depth(Stream::Files).await.unwrap().pending, 3);
+    let fresh = pipeline.queue.fetch(Stream::Scan, 1, Duration::from_secs(1)).await.unwrap().pop().unwrap();
+    assert_eq!(fresh.deliveries, 1, "a fresh request: interruptions do not add up to max deliveries");
+    let request: ScanRequest = messages::decode(&fresh.payload).unwrap();
+    assert!(request.only_new && request.resumes == 1, "{request:?}");
+    pipeline.scanner.handle(fresh).await;
+    assert_eq!(pipeline.queue.depth(Stream::Files).await.unwrap().pending, 10, "the walk published only the seven new files");
+
+    let job = pipeline.finish("job-resume").await;
+    assert_eq!(job.counts, JobCounts { discovered: 10, processed: 10, duplicates: 0, failed: 0 });
+    assert_eq!(pipeline.stored.len(), 10);
+    assert!(pipeline.stored.values().all(|image| image.upserts == 1));
+    assert!(job.logs.iter().any(|l| l.contains("scan interrupted; resumed: 3 unsettled files")), "{:?}", job.logs);
+}
+
+#[tokio::test]
 async fn undecodable_tasks_are_terminated_and_the_stage_keeps_going() {
     let pipeline = Pipeline::new(test_config("cpu-test"), Duration::from_secs(30));
     pipeline.queue.publish(Stream::Files, "garbage", b"{not json".to_vec()).await.unwrap();
