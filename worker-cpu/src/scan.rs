@@ -214,6 +214,18 @@ impl Scanner {
         self
     }
 
+    /// Publishes one file task per path (all at once), once the files stream has room.
+    async fn publish_tasks(&self, request: &ScanRequest, paths: &[String], delivery: &Delivery) -> Result<(), QueueError> {
+        self.wait_for_room(delivery).await?;
+        let job_id = request.job_id.as_str();
+        let published = futures::future::join_all(paths.iter().map(|path| async move {
+            let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
+            self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await
+        }))
+        .await;
+        published.into_iter().collect::<Result<Vec<_>, _>>().map(drop)
+    }
+
     /// Waits until the files stream has room, keeping `delivery` alive meanwhile.
     async fn wait_for_room(&self, delivery: &Delivery) -> Result<(), QueueError> {
         let mut last_heartbeat = std::time::Instant::now();
@@ -308,15 +320,7 @@ impl Scanner {
             }
             let unsettled = self.state.unsettled_items(job_id).await?;
             for chunk in unsettled.chunks(SCAN_GROUP) {
-                self.wait_for_room(delivery).await?;
-                let published = futures::future::join_all(chunk.iter().map(|path| async move {
-                    let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
-                    self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await
-                }))
-                .await;
-                for result in published {
-                    result?;
-                }
+                self.publish_tasks(request, chunk, delivery).await?;
             }
             let mut next = request.clone();
             next.only_new = true;
@@ -397,15 +401,7 @@ impl Scanner {
                 }
             }
             let candidates = new;
-            self.wait_for_room(delivery).await?;
-            let published = futures::future::join_all(candidates.iter().map(|path| async move {
-                let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
-                self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await
-            }))
-            .await;
-            for result in published {
-                result?;
-            }
+            self.publish_tasks(request, &candidates, delivery).await?;
             summary.candidates += candidates.len() as u64;
             imgfleet_shared::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(candidates.len() as u64);
             if let Some(job) = self.state.job(job_id).await? {
