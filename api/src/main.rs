@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
     }
-    tasks.push(tokio::spawn(imgfleet_shared::config::export_queue_depth(work_queue.clone(), Duration::from_secs(5), stop.clone())));
+    tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(5), stop.clone())));
     tasks.push(tokio::spawn(imgfleet_shared::job_status::sweep_completions(state.clone(), Duration::from_secs(5), stop.clone())));
 
     let router = imgfleet_api::router(app.clone(), cli.api.max_body_bytes);

@@ -164,7 +164,7 @@ impl Embedded {
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
         }
-        tasks.push(tokio::spawn(imgfleet_shared::config::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
+        tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
         tasks.push(tokio::spawn(imgfleet_shared::job_status::sweep_completions(state_store.clone(), Duration::from_secs(5), stop.clone())));
         // In the background: re-queuing a big interrupted job waits for room in the bounded
         // queue, and the API should answer meanwhile.
@@ -184,16 +184,9 @@ impl Embedded {
         // Whatever it had not re-queued yet is re-queued by the next start.
         self.resume.abort();
         let _ = self.shutdown.send(true);
-        let handles: Vec<_> = self.tasks.iter().map(|t| t.abort_handle()).collect();
-        let all = futures::future::join_all(self.tasks);
-        if tokio::time::timeout(STOP_GRACE, all).await.is_err() {
-            // A stage waiting for room in a queue whose consumer has already stopped: nothing
-            // is lost by stopping it (its job resumes from the state file at the next start).
-            tracing::warn!(grace_secs = STOP_GRACE.as_secs(), "stages still busy after the grace period; stopping them");
-            for handle in handles {
-                handle.abort();
-            }
-        }
+        // A stage still waiting after the grace period (for room in a queue whose consumer has
+        // already stopped) is stopped: its job resumes from the state file at the next start.
+        imgfleet_shared::http::ops::join_stages(self.tasks, STOP_GRACE).await;
     }
 }
 

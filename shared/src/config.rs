@@ -15,8 +15,7 @@ use serde::Deserialize;
 
 use crate::adapters::{NatsQueue, NatsQueueConfig, QdrantVectorStore, RedisStateStore};
 use crate::model_dir::{ModelDir, ModelError};
-use crate::names::Stream;
-use crate::ports::{StateStore, WorkQueue};
+use crate::ports::StateStore;
 
 /// Where the fleet's queue, state and vectors are, and how the queue behaves.
 #[derive(Args, Clone)]
@@ -282,23 +281,6 @@ pub async fn model_geometry(models: &ModelArgs) -> anyhow::Result<ModelGeometry>
     let models = models.clone();
     let geometry = tokio::task::spawn_blocking(move || models.geometry()).await??;
     Ok(geometry)
-}
-
-/// Publishes the depth of every stream to the `queue_depth` gauge every `every`, until `stop`.
-pub async fn export_queue_depth(queue: Arc<dyn WorkQueue>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-    use crate::metrics::PIPELINE;
-    while !*stop.borrow_and_update() {
-        for stream in Stream::ALL {
-            if let Ok(depth) = queue.depth(stream).await {
-                PIPELINE.queue_depth.with_label_values(&[stream.label(), "pending"]).set(depth.pending as i64);
-                PIPELINE.queue_depth.with_label_values(&[stream.label(), "in_flight"]).set(depth.in_flight as i64);
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => {}
-        }
-    }
 }
 
 #[cfg(test)]

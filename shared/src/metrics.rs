@@ -79,3 +79,19 @@ pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetric
         IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
     ),
 });
+
+/// Publishes the depth of every stream to the `queue_depth` gauge every `every`, until `stop`.
+pub async fn export_queue_depth(queue: std::sync::Arc<dyn crate::ports::WorkQueue>, every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        for stream in crate::names::Stream::ALL {
+            if let Ok(depth) = queue.depth(stream).await {
+                PIPELINE.queue_depth.with_label_values(&[stream.label(), "pending"]).set(depth.pending as i64);
+                PIPELINE.queue_depth.with_label_values(&[stream.label(), "in_flight"]).set(depth.in_flight as i64);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

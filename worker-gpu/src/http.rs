@@ -3,8 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgfleet_shared::domain::{Capabilities, RgbImage};
@@ -28,17 +27,12 @@ pub fn router(state: MlState, max_body_bytes: usize) -> Router {
         .route("/capabilities", get(capabilities));
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(metrics))
         .fallback(|request: axum::extract::Request| async move {
             AppError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
-}
-
-async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, imgfleet_shared::metrics::TEXT_CONTENT_TYPE)], imgfleet_shared::metrics::render())
+        .merge(imgfleet_shared::http::ops::router("imgfleet-worker-gpu"))
 }
 
 #[derive(Deserialize)]
