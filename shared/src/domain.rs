@@ -24,6 +24,11 @@ pub fn point_id_for(sha256_hex: &str) -> Uuid {
 
 /// Longest collection name accepted.
 pub const MAX_COLLECTION_NAME_LEN: usize = 64;
+/// [`CollectionName::parse`]'s rule as a regular expression (for the OpenAPI document).
+pub const COLLECTION_NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$";
+/// The spellings `Distance` parses, any ASCII case, as a regular expression.
+pub const DISTANCE_PATTERN: &str =
+    "^([Cc][Oo][Ss][Ii][Nn][Ee]|[Dd][Oo][Tt]|[Ee][Uu][Cc][Ll][Ii][Dd]([Ee][Aa][Nn])?|[Mm][Aa][Nn][Hh][Aa][Tt][Tt][Aa][Nn])$";
 /// Largest vector size a collection may declare.
 pub const MAX_VECTOR_SIZE: usize = 65_536;
 

@@ -309,9 +309,7 @@ fn text(s: &str, path: &str) -> Result<Condition, FilterError> {
 fn scalar(def: &FieldDef, v: &Value, path: &str) -> Result<Scalar, FilterError> {
     match (def.ty, v) {
         (FieldType::Keyword, Value::String(s)) => Ok(Scalar::Str(s.clone())),
-        (FieldType::Integer, Value::Number(n)) if n.as_i64().is_some() => {
-            Ok(Scalar::Int(n.as_i64().expect("checked")))
-        }
+        (FieldType::Integer, Value::Number(n)) if integer_value(n).is_some() => Ok(Scalar::Int(integer_value(n).expect("checked"))),
         (FieldType::Keyword, _) => Err(err(path, format!("field {:?} holds strings, got {}", def.name, kind(v)))),
         (FieldType::Integer, _) => Err(err(path, format!("field {:?} holds integers, got {}", def.name, kind(v)))),
         (ty, _) => Err(err(
@@ -322,6 +320,15 @@ fn scalar(def: &FieldDef, v: &Value, path: &str) -> Result<Scalar, FilterError> 
             }),
         )),
     }
+}
+
+/// A JSON number as an `i64`: an integer, or a float with no fraction (`12.0`), in range.
+fn integer_value(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        let f = n.as_f64()?;
+        // 2^63 itself is out of range; every f64 below it in magnitude converts exactly.
+        (f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
+    })
 }
 
 fn bound(def: &FieldDef, v: &Value, path: &str) -> Result<Bound, FilterError> {
@@ -381,12 +388,18 @@ impl SortSpec {
         let field = field(sort_by)
             .filter(|f| f.ty.sortable())
             .ok_or_else(|| format!("cannot sort by {sort_by:?}; sortable fields are {}", sortable()))?;
-        let order = match sort_order.map(str::to_ascii_lowercase).as_deref() {
-            None | Some("asc") | Some("ascending") => SortOrder::Asc,
-            Some("desc") | Some("descending") => SortOrder::Desc,
-            Some(other) => return Err(format!("sort_order must be asc or desc, got {other:?}")),
-        };
-        Ok(Self { field, order })
+        Ok(Self { field, order: SortOrder::parse(sort_order)? })
+    }
+}
+
+impl SortOrder {
+    /// `asc` (the default) or `desc`, any ASCII case; `ascending` and `descending` too.
+    pub fn parse(sort_order: Option<&str>) -> Result<Self, String> {
+        match sort_order.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("asc") | Some("ascending") => Ok(Self::Asc),
+            Some("desc") | Some("descending") => Ok(Self::Desc),
+            Some(other) => Err(format!("sort_order must be asc or desc, got {other:?}")),
+        }
     }
 }
 

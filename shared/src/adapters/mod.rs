@@ -4,6 +4,7 @@
 pub mod edge_vectors;
 pub mod file_state;
 pub mod memory_queue;
+pub mod nats_auth;
 pub mod nats_encoder;
 pub mod nats_queue;
 pub mod qdrant_vectors;

@@ -241,12 +241,15 @@ impl NatsQueue {
         if let Some(name) = &config.name {
             options = options.name(name);
         }
-        let urls: Vec<String> =
-            config.url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
-        let client = options
-            .connect(urls)
-            .await
-            .map_err(|e| QueueError::Unavailable(format!("cannot connect to nats at {}: {e}", config.url)))?;
+        let (urls, credentials) = super::nats_auth::split_credentials(&config.url);
+        options = match credentials {
+            Some(super::nats_auth::NatsCredentials::UserPassword { user, password }) => options.user_and_password(user, password),
+            Some(super::nats_auth::NatsCredentials::Token(token)) => options.token(token),
+            None => options,
+        };
+        let client = options.connect(urls).await.map_err(|e| {
+            QueueError::Unavailable(format!("cannot connect to nats at {}: {e}", crate::config::hide_password(&config.url)))
+        })?;
         let js = ContextBuilder::new().timeout(config.request_timeout).build(client.clone());
 
         let dead_config = config.dead_letter_stream();

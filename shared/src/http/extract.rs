@@ -1,6 +1,6 @@
 //! JSON body and query extractors whose rejections use [`AppError`]'s shape.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -56,6 +56,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 fn query_rejection(rejection: QueryRejection) -> AppError {
     AppError::invalid(rejection.body_text())
+}
+
+/// `axum::extract::Path`, with a segment that does not decode (`%FF`) or parse → 422
+/// `invalid_request`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(PathRejection::MissingPathParams(e)) => Err(AppError::internal(e.body_text())),
+            Err(rejection) => Err(AppError::invalid(rejection.body_text())),
+        }
+    }
 }
 
 /// Parses an optional JSON body: empty means `T::default()`. Errors as [`ApiJson`]'s.

@@ -1,10 +1,14 @@
 //! What every imgfleet HTTP server shares: one error type with one JSON shape and the
-//! extractors that reject with it.
+//! extractors that reject with it, API keys with scopes, and serving within bounds.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod image_input;
 pub mod ops;
+pub mod server;
 
-pub use error::{AppError, AppResult, ErrorBody, ErrorDetail};
-pub use extract::{ApiJson, ApiQuery, optional_json};
+pub use auth::{ApiKeys, Scope};
+pub use error::{AppError, AppResult, ErrorBody, ErrorDetail, json_errors};
+pub use extract::{ApiJson, ApiPath, ApiQuery, optional_json};
+pub use server::ServerLimits;

@@ -10,11 +10,21 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::json;
 
-/// `/healthz` (`{"status":"ok","process":..}`) and `/metrics` (Prometheus text).
+/// `/healthz` (`{"status":"ok","process":..}`) and `/metrics` (Prometheus text), to merge
+/// into a server's router.
 pub fn router(process: &'static str) -> Router {
     Router::new()
         .route("/healthz", get(move || async move { axum::Json(json!({"status": "ok", "process": process})) }))
         .route("/metrics", get(metrics))
+}
+
+/// [`router`] as a whole server: any other path or method is an error in the JSON shape.
+pub fn standalone(process: &'static str) -> Router {
+    router(process)
+        .fallback(|request: axum::extract::Request| async move {
+            super::AppError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+        })
+        .layer(axum::middleware::from_fn(super::json_errors))
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -39,18 +49,19 @@ pub async fn shutdown_signal() {
 }
 
 /// Binds `host:port`, prints `<process> listening on http://ADDR` (the line scripts and tests
-/// wait for) and serves `router` until `shutdown` resolves.
+/// wait for) and serves `router` within `limits` until `shutdown` resolves.
 pub async fn serve(
     process: &'static str,
     host: std::net::IpAddr,
     port: u16,
     router: Router,
+    limits: super::ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(host, port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     println!("{process} listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    super::server::serve(listener, router, limits, shutdown).await?;
     Ok(())
 }
 

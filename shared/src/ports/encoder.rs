@@ -4,6 +4,10 @@ use async_trait::async_trait;
 
 use crate::domain::{Capabilities, RgbImage};
 
+/// Longest text embedded, in characters. CLIP reads 77 tokens; a longer text is cut anyway,
+/// and this bounds what tokenizing a request costs.
+pub const MAX_TEXT_CHARS: usize = 1000;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EncoderError {
     /// The input cannot be encoded (empty text list, zero-sized image…).
@@ -30,4 +34,21 @@ pub trait Encoder: Send + Sync + 'static {
     async fn caption_images(&self, images: Vec<RgbImage>) -> Result<Vec<String>, EncoderError>;
 
     fn capabilities(&self) -> Capabilities;
+
+    /// Whether a request would be refused as [`EncoderError::Overloaded`] right now: asked
+    /// before an upload is decoded, so that a full queue costs a refused caller nothing.
+    fn is_saturated(&self) -> bool {
+        false
+    }
+}
+
+/// `Invalid` when a text is longer than [`MAX_TEXT_CHARS`] (naming which).
+pub fn check_text_lengths(texts: &[String]) -> Result<(), EncoderError> {
+    match texts.iter().position(|t| t.chars().count() > MAX_TEXT_CHARS) {
+        Some(i) => Err(EncoderError::Invalid(format!(
+            "text {i} is {} characters long; at most {MAX_TEXT_CHARS} are embedded",
+            texts[i].chars().count()
+        ))),
+        None => Ok(()),
+    }
 }
