@@ -4,6 +4,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use imgfleet_shared::http::auth::{ApiKeys, KeyConfigError, check_exposure};
+use imgfleet_shared::http::ServerLimits;
+
+/// The flag keys are given with, as error messages name it.
+pub const API_KEY_FLAG: &str = "--api-key (IMGFLEET_API_KEYS)";
 
 #[derive(Args, Debug, Clone)]
 pub struct ApiConfig {
@@ -23,10 +28,16 @@ pub struct ApiConfig {
     #[arg(long, env = "IMGFLEET_COLLECTION", default_value = "images")]
     pub collection: String,
 
-    /// API key required in the `x-api-key` header of `/api/v1` requests; repeat the flag (or
-    /// comma-separate the variable) for several. None: the API is open.
+    /// API key required in the `x-api-key` header of `/api/v1` requests, as SCOPE:KEY with
+    /// scope read, write or admin (a bare KEY is admin); repeat the flag (or comma-separate
+    /// the variable) for several. None: the API is open, which only a loopback --host allows
+    /// unless --allow-unauthenticated.
     #[arg(long = "api-key", env = "IMGFLEET_API_KEYS", value_delimiter = ',')]
     pub api_keys: Vec<String>,
+
+    /// Serve without API keys on a non-loopback --host (something in front checks callers).
+    #[arg(long, env = "IMGFLEET_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
 
     /// Directory that ingest paths must lie in (symlinks resolved); original files are
     /// served only from inside these. Repeat the flag (or comma-separate the variable) for
@@ -41,12 +52,23 @@ pub struct ApiConfig {
     /// Log JSON lines instead of text.
     #[arg(long, env = "IMGFLEET_LOG_JSON")]
     pub log_json: bool,
+
+    #[command(flatten)]
+    pub limits: ServerLimits,
 }
 
 impl ApiConfig {
     /// The ingest roots, or the current directory when none is given.
     pub fn ingest_roots_or_cwd(&self) -> std::io::Result<Vec<PathBuf>> {
         if self.ingest_roots.is_empty() { Ok(vec![std::env::current_dir()?]) } else { Ok(self.ingest_roots.clone()) }
+    }
+
+    /// The API keys, checked: none empty, and none missing on an address other machines reach
+    /// (unless --allow-unauthenticated).
+    pub fn access_keys(&self) -> Result<ApiKeys, KeyConfigError> {
+        let keys = ApiKeys::parse(&self.api_keys, API_KEY_FLAG)?;
+        check_exposure(self.host, &keys, self.allow_unauthenticated, API_KEY_FLAG)?;
+        Ok(keys)
     }
 
     /// The configuration as logged at start: secrets replaced by their count.

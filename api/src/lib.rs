@@ -1,10 +1,14 @@
 //! imgfleet-api: the REST API of the seed (`/api/v1`), its extensions, OpenAPI, metrics.
 
+pub mod admission;
+pub mod auth;
 pub mod config;
+pub mod contract;
 pub mod indexer;
 /// Re-exported from `imgfleet_shared::http`, shared with the ML API.
 pub use imgfleet_shared::http::{error, extract};
 pub mod metrics;
+pub mod originals;
 pub mod routes;
 pub mod state;
 pub mod thumbnails;
@@ -12,10 +16,11 @@ pub mod thumbnails;
 use std::future::Future;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::IntoResponse;
+use imgfleet_shared::http::ServerLimits;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -32,13 +37,14 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(routes::images::routes())
         .merge(routes::duplicates::routes())
         .merge(routes::ingest::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_scope));
     Router::new()
         .nest("/api/v1", api)
         .merge(routes::health::routes())
         .merge(routes::docs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(imgfleet_shared::http::json_errors))
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
@@ -58,21 +64,20 @@ async fn method_not_allowed(request: Request) -> AppError {
     )
 }
 
-async fn require_api_key(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    if app.api_keys.is_empty() {
-        return next.run(request).await;
-    }
-    let given = request.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-    match given {
-        Some(key) if app.api_keys.iter().any(|k| k == key) => next.run(request).await,
-        Some(_) => AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the x-api-key header holds an unknown key").into_response(),
-        None => AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this server requires an x-api-key header").into_response(),
-    }
+/// Serves `router` on `listener` with the default [`ServerLimits`] until `shutdown`
+/// resolves, then lets in-flight requests finish within the grace period.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    serve_with(listener, router, ServerLimits::default(), shutdown).await
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+/// [`serve`] within `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    imgfleet_shared::http::server::serve(listener, router, limits, shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
     info!(api = %cli.api.redacted(), fleet = ?cli.fleet, models = ?cli.models, encoder_timeout_ms = cli.encoder_timeout_ms, no_indexer = cli.no_indexer, "starting {NAME}");
     cli.fleet.require_nats(NAME)?;
     cli.fleet.require_redis(NAME)?;
+    let api_keys = cli.api.access_keys()?;
     let default_collection =
         CollectionName::parse(&cli.api.collection).map_err(|e| anyhow::anyhow!("--collection: {e}"))?;
     let geometry = model_geometry(&cli.models).await.context("reading the CLIP model's config")?;
@@ -87,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         state: state.clone(),
         default_collection,
         default_vector_size: geometry.embedding_dim,
-        api_keys: cli.api.api_keys.clone(),
+        api_keys,
         queue: Some(work_queue.clone()),
         encoder: Some(encoder_port),
         ingest_roots,
@@ -116,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
     tasks.push(tokio::spawn(imgfleet_shared::job_status::sweep_completions(state.clone(), Duration::from_secs(5), stop.clone())));
 
     let router = imgfleet_api::router(app.clone(), cli.api.max_body_bytes);
-    ops::serve(NAME, cli.api.host, cli.api.port, router, ops::shutdown_signal()).await?;
+    ops::serve(NAME, cli.api.host, cli.api.port, router, cli.api.limits, ops::shutdown_signal()).await?;
     info!("http stopped; letting the indexer finish its batch");
     let _ = stop_tx.send(true);
     ops::join_stages(tasks, STOP_GRACE).await;

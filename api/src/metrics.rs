@@ -32,6 +32,24 @@ pub static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
     ),
 });
 
+/// A bounded label: the standard methods by name, anything else `other` (a made-up method
+/// must not create a series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every request under its route template (never the raw path,
 /// which would make one series per id).
 pub async fn track(request: Request, next: Next) -> Response {
@@ -39,10 +57,10 @@ pub async fn track(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let start = Instant::now();
     let response = next.run(request).await;
     METRICS.latency.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
-    METRICS.requests.with_label_values(&[&route, &method, response.status().as_str()]).inc();
+    METRICS.requests.with_label_values(&[&route, method, response.status().as_str()]).inc();
     response
 }

@@ -1,12 +1,23 @@
 //! What every handler shares: the ports, the active collection, settings.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance};
+use imgfleet_shared::http::ApiKeys;
 use imgfleet_shared::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
 
+use crate::admission::{FsGate, Slots};
 use crate::error::{AppError, AppResult};
+
+/// File system calls (ingest path checks, originals, thumbnails) under way at once.
+const MAX_FS_CALLS: usize = 64;
+/// Thumbnails (and query images) waiting for a slot beyond those being rendered (decoded).
+const THUMBNAILS_WAITING: usize = 64;
+/// Duplicate searches at once, and waiting.
+const DUPLICATES_RUNNING: usize = 2;
+const DUPLICATES_WAITING: usize = 4;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -16,7 +27,7 @@ pub struct Inner {
     pub state: Arc<dyn StateStore>,
     pub default_collection: CollectionName,
     pub default_vector_size: usize,
-    pub api_keys: Vec<String>,
+    pub api_keys: ApiKeys,
     /// Where ingest jobs are published; `None`: this server does not ingest.
     pub queue: Option<Arc<dyn WorkQueue>>,
     /// CLIP (text and image search); `None`: search by text or image answers 503.
@@ -24,15 +35,29 @@ pub struct Inner {
     /// Canonical directories that ingest paths (and served originals) must lie in.
     pub ingest_roots: Vec<PathBuf>,
     pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
+    /// Blocking file system calls, bounded in number and time.
+    pub fs: FsGate,
+    /// Thumbnails rendered at once (one per core) and waiting.
+    pub thumbnail_slots: Slots,
+    /// Duplicate searches at once and waiting.
+    pub duplicate_slots: Slots,
+    /// Uploaded query images decoded at once (one per core) and waiting.
+    pub decode_slots: Slots,
     /// Write-through cache of the state store's active collection.
     active: RwLock<CollectionName>,
 }
 
-/// Renders thumbnails of original files (the image code lives in the CPU worker crate, which
-/// the API does not depend on). Blocking: called on the blocking pool.
+/// Renders thumbnails of original files (the image code lives in the CPU worker crate).
+/// Blocking: called on the blocking pool.
 pub trait Thumbnailer: Send + Sync + 'static {
-    /// A JPEG whose longest side is at most `max_side` pixels.
-    fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String>;
+    /// A JPEG of the image file `bytes` whose longest side is at most `max_side` pixels.
+    fn render(&self, bytes: &[u8], max_side: u32) -> Result<Vec<u8>, String>;
+    /// Largest file a thumbnail is made of.
+    fn max_file_bytes(&self) -> u64;
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl std::ops::Deref for AppState {
@@ -48,7 +73,7 @@ pub struct AppStateParts {
     pub state: Arc<dyn StateStore>,
     pub default_collection: CollectionName,
     pub default_vector_size: usize,
-    pub api_keys: Vec<String>,
+    pub api_keys: ApiKeys,
     pub queue: Option<Arc<dyn WorkQueue>>,
     pub encoder: Option<Arc<dyn Encoder>>,
     /// Canonicalised by [`AppState::new`]; each must exist.
@@ -64,7 +89,7 @@ impl AppStateParts {
             state,
             default_collection,
             default_vector_size,
-            api_keys: Vec::new(),
+            api_keys: ApiKeys::default(),
             queue: None,
             encoder: None,
             ingest_roots: Vec::new(),
@@ -124,6 +149,10 @@ impl AppState {
             encoder,
             ingest_roots,
             thumbnailer,
+            fs: FsGate::new(MAX_FS_CALLS),
+            thumbnail_slots: Slots::new("thumbnail", cores(), THUMBNAILS_WAITING, Duration::from_secs(10)),
+            duplicate_slots: Slots::new("duplicates", DUPLICATES_RUNNING, DUPLICATES_WAITING, Duration::from_secs(5)),
+            decode_slots: Slots::new("image search", cores(), THUMBNAILS_WAITING, Duration::from_secs(10)),
             active: RwLock::new(active),
         };
         Ok(Self(Arc::new(inner)))
@@ -137,12 +166,6 @@ impl AppState {
         self.state.set_active_collection(name.as_str()).await?;
         *self.active.write().expect("active lock") = name;
         Ok(())
-    }
-
-    /// `path` canonicalised, if it lies inside an ingest root.
-    pub fn inside_ingest_roots(&self, path: &Path) -> Option<PathBuf> {
-        let canonical = path.canonicalize().ok()?;
-        self.ingest_roots.iter().any(|root| canonical.starts_with(root)).then_some(canonical)
     }
 
     /// The collection a request names, or the active one.

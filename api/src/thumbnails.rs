@@ -2,8 +2,6 @@
 //! (size limits, EXIF orientation). The CPU worker crate has no libtorch in it: the API links
 //! it for this alone.
 
-use std::path::Path;
-
 use imgfleet_worker_cpu::CpuStageConfig;
 use imgfleet_worker_cpu::decode::DecodeLimits;
 
@@ -22,9 +20,11 @@ impl CpuThumbnailer {
 }
 
 impl Thumbnailer for CpuThumbnailer {
-    fn render(&self, path: &Path, max_side: u32) -> Result<Vec<u8>, String> {
-        imgfleet_worker_cpu::thumbnail::render_with(path, max_side, self.max_file_bytes, self.limits)
-            .map(|t| t.jpeg)
-            .map_err(|e| e.to_string())
+    fn render(&self, bytes: &[u8], max_side: u32) -> Result<Vec<u8>, String> {
+        imgfleet_worker_cpu::thumbnail::render_bytes(bytes, max_side, self.limits).map(|t| t.jpeg).map_err(|e| e.to_string())
+    }
+
+    fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 }

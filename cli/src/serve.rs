@@ -136,7 +136,7 @@ impl Embedded {
             state: state_store.clone(),
             default_collection,
             default_vector_size: capabilities.embedding_dim,
-            api_keys: api.api_keys.clone(),
+            api_keys: api.access_keys()?,
             queue: Some(work_queue.clone()),
             encoder: Some(encoder.clone()),
             ingest_roots,
@@ -240,6 +240,8 @@ async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::R
 /// Runs `imgfleet serve` until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     info!(api = %config.api.redacted(), models = ?config.models, "starting imgfleet serve");
+    // Refuse a bad key or an open non-loopback address before the models load.
+    config.api.access_keys()?;
     let embedded = Embedded::start(&config).await?;
     let addr = std::net::SocketAddr::new(config.api.host, config.api.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
@@ -247,7 +249,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     // One stdout line a script (or test harness) can wait for.
     println!("imgfleet listening on http://{bound}");
     let router = imgfleet_api::router(embedded.app.clone(), config.api.max_body_bytes);
-    imgfleet_api::serve(listener, router, imgfleet_api::shutdown_signal()).await?;
+    imgfleet_api::serve_with(listener, router, config.api.limits, imgfleet_api::shutdown_signal()).await?;
     info!("http stopped; stopping the pipeline between batches");
     embedded.stop().await;
     info!("stopped");

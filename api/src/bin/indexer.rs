@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let tasks = vec![tokio::spawn(async move { indexer.run(stop).await })];
-    ops::serve(NAME, cli.host, cli.port, ops::router(NAME), ops::shutdown_signal()).await?;
+    ops::serve(NAME, cli.host, cli.port, ops::standalone(NAME), Default::default(), ops::shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     ops::join_stages(tasks, STOP_GRACE).await;
     info!("stopped");

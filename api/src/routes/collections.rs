@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{AppError, AppResult, ErrorBody};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
@@ -90,7 +90,7 @@ pub async fn create_collection(
 #[utoipa::path(get, path = "/api/v1/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "collection name")),
     responses((status = 200, body = CollectionInfo), (status = 404, body = ErrorBody)))]
-pub async fn get_collection(State(app): State<AppState>, Path(name): Path<String>) -> AppResult<Json<CollectionInfo>> {
+pub async fn get_collection(State(app): State<AppState>, ApiPath(name): ApiPath<String>) -> AppResult<Json<CollectionInfo>> {
     let name = parse_name(&name)?;
     Ok(Json(app.vectors.collection(name.as_str()).await?))
 }

@@ -2,6 +2,7 @@
 //! threshold), each group reported once.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::post;
@@ -13,14 +14,16 @@ use uuid::Uuid;
 
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::extract::optional_json;
-use crate::routes::search::check_limit;
+use crate::routes::search::{MAX_VECTOR_VALUE, check_limit};
 use crate::state::AppState;
 
 /// Neighbours looked at per image: a group may grow past it through its members.
 const NEIGHBOURS: usize = 16;
 const SCROLL_BATCH: usize = 256;
-pub const DEFAULT_THRESHOLD: f32 = 0.97;
+pub const DEFAULT_THRESHOLD: f64 = 0.97;
 pub const MAX_SCAN: usize = 1_000_000;
+/// How long one request examines images; then it answers with what it found (`complete: false`).
+pub const TIME_LIMIT: Duration = Duration::from_secs(10);
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/duplicates", post(find_duplicates))
@@ -29,8 +32,9 @@ pub fn routes() -> Router<AppState> {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DuplicatesRequest {
-    /// Similarity at or above which two images count as the same (cosine); default 0.97.
-    pub threshold: Option<f32>,
+    /// Similarity at or above which two images count as the same; default 0.97. A cosine
+    /// similarity, -1 to 1, on Cosine collections; any finite number on Dot collections.
+    pub threshold: Option<f64>,
     /// Most groups returned (largest first); 1 to 1000, default 50.
     pub limit: Option<usize>,
     /// Most images examined, in id order; default 50000, at most 1000000.
@@ -44,7 +48,8 @@ pub struct DuplicatesResponse {
     pub duplicates: Vec<DuplicateGroup>,
     /// Images examined.
     pub scanned: u64,
-    /// Whether every image of the collection was examined.
+    /// Whether every image of the collection was examined (not when `max_points` or the time
+    /// limit, 10 s, stopped the search first).
     pub complete: bool,
 }
 
@@ -85,7 +90,8 @@ impl UnionFind {
 
 /// Near-duplicate groups: `{duplicates: [{items, min_score}], scanned, complete}`.
 #[utoipa::path(post, path = "/api/v1/duplicates", tag = "images", request_body = DuplicatesRequest,
-    responses((status = 200, body = DuplicatesResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = DuplicatesResponse), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn find_duplicates(
     State(app): State<AppState>,
     body: axum::body::Bytes,
@@ -93,18 +99,28 @@ pub async fn find_duplicates(
     let body: DuplicatesRequest = optional_json(&body)?;
     let collection = app.collection_or_active(body.collection.as_deref())?;
     let threshold = body.threshold.unwrap_or(DEFAULT_THRESHOLD);
-    if !threshold.is_finite() {
-        return Err(AppError::invalid("threshold must be a finite number"));
+    if !(-MAX_VECTOR_VALUE..=MAX_VECTOR_VALUE).contains(&threshold) {
+        return Err(AppError::invalid(format!("threshold must be a number between ±{MAX_VECTOR_VALUE:e}")));
     }
     let limit = check_limit(body.limit, 50, 1000, "limit")?;
     let max_points = check_limit(body.max_points, 50_000, MAX_SCAN, "max_points")?;
     let info = app.vectors.collection(collection.as_str()).await?;
-    if !matches!(info.distance, Distance::Cosine | Distance::Dot) {
-        return Err(AppError::invalid(format!(
-            "duplicates needs a Cosine or Dot collection; {collection:?} uses {}",
-            info.distance
-        )));
+    match info.distance {
+        Distance::Cosine if !(-1.0..=1.0).contains(&threshold) => {
+            return Err(AppError::invalid(format!(
+                "threshold is a cosine similarity on {collection:?} (a Cosine collection): between -1 and 1, got {threshold}"
+            )));
+        }
+        Distance::Cosine | Distance::Dot => {}
+        Distance::Euclid | Distance::Manhattan => {
+            return Err(AppError::invalid(format!(
+                "duplicates needs a Cosine or Dot collection; {collection:?} uses {}",
+                info.distance
+            )));
+        }
     }
+    let _slot = app.duplicate_slots.enter().await?;
+    let deadline = Instant::now() + TIME_LIMIT;
 
     let mut index: HashMap<Uuid, usize> = HashMap::new();
     let mut items: Vec<DuplicateItem> = Vec::new();
@@ -114,7 +130,7 @@ pub async fn find_duplicates(
     loop {
         let page = app.vectors.scroll(collection.as_str(), after, SCROLL_BATCH, true).await?;
         for record in page.items {
-            if items.len() >= max_points {
+            if items.len() >= max_points || Instant::now() >= deadline {
                 complete = false;
                 break;
             }
@@ -124,7 +140,7 @@ pub async fn find_duplicates(
                 filter: None,
                 limit: NEIGHBOURS + 1,
                 offset: 0,
-                score_threshold: Some(threshold),
+                score_threshold: Some(threshold as f32),
                 with_vector: false,
             };
             for hit in app.vectors.search(collection.as_str(), &query).await? {

@@ -1,25 +1,35 @@
 //! Gallery views: `GET /api/v1/images` (filtered, sorted pages), `GET /api/v1/random`, one
 //! image's metadata, original file and thumbnail.
 
-use axum::extract::{Path, State};
+use std::io::Read as _;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use imgfleet_shared::domain::{ImageRecord, ListQuery};
-use imgfleet_shared::filter::{FilterExpr, SortSpec};
+use imgfleet_shared::filter::{FilterExpr, SortOrder, SortSpec};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::admission::FS_CALL_TIMEOUT;
 use crate::error::{AppError, AppResult, ErrorBody};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::originals::{OriginalError, StoredOriginal, content_disposition, open_original, read_all};
 use crate::routes::search::check_limit;
 use crate::state::AppState;
 
 /// Largest `per_page`.
 pub const MAX_PER_PAGE: usize = 500;
-/// Pages end here (`page × per_page`): deeper listing costs grow with the offset, so narrow
-/// the listing with filters instead.
+/// Listing stops here (`page × per_page`): deeper listing costs grow with the offset, so narrow
+/// the listing with filters instead. A page past it is empty, with `depth_limited`.
 pub const MAX_LIST_DEPTH: usize = 100_000;
+/// Largest `page` (a page of one image at the depth limit).
+pub const MAX_PAGE: usize = MAX_LIST_DEPTH;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -33,7 +43,7 @@ pub fn routes() -> Router<AppState> {
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
-    /// 1-based; default 1.
+    /// 1-based, up to 100000; default 1.
     pub page: Option<usize>,
     /// 1 to 500; default 20.
     pub per_page: Option<usize>,
@@ -41,7 +51,8 @@ pub struct ListParams {
     pub filters: Option<String>,
     /// A sortable field: width, height, bytes, mtime, taken_at, ingested_at. Default: id order.
     pub sort_by: Option<String>,
-    /// `asc` (default) or `desc`.
+    /// `asc` (default) or `desc` (any case; `ascending`, `descending` too). Without `sort_by`
+    /// the order is by id, ascending.
     pub sort_order: Option<String>,
     /// Default: the selected collection.
     pub collection: Option<String>,
@@ -55,6 +66,9 @@ pub struct ImagePage {
     pub page: usize,
     pub per_page: usize,
     pub total_pages: u64,
+    /// The page lies past the first 100,000 images of this ordering, where listing stops: it is
+    /// empty. Narrow the listing with filters to see further.
+    pub depth_limited: bool,
 }
 
 /// One page of images; `total` counts every match.
@@ -62,30 +76,29 @@ pub struct ImagePage {
     responses((status = 200, body = ImagePage), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn list_images(State(app): State<AppState>, ApiQuery(params): ApiQuery<ListParams>) -> AppResult<Json<ImagePage>> {
     let collection = app.collection_or_active(params.collection.as_deref())?;
-    let page = params.page.unwrap_or(1);
-    if page == 0 {
-        return Err(AppError::invalid("page starts at 1"));
-    }
+    let page = check_limit(params.page, 1, MAX_PAGE, "page")?;
     let per_page = check_limit(params.per_page, 20, MAX_PER_PAGE, "per_page")?;
-    let offset = (page - 1).saturating_mul(per_page);
-    if offset.saturating_add(per_page) > MAX_LIST_DEPTH {
-        return Err(AppError::invalid(format!(
-            "page {page} × per_page {per_page} goes past the first {MAX_LIST_DEPTH} images; narrow the listing with filters"
-        )));
-    }
     let filter = FilterExpr::parse_str(params.filters.as_deref().unwrap_or(""))?;
     let sort = match params.sort_by.as_deref() {
         Some(field) => Some(SortSpec::parse(field, params.sort_order.as_deref()).map_err(AppError::invalid)?),
-        None if params.sort_order.is_some() => return Err(AppError::invalid("sort_order needs sort_by")),
-        None => None,
+        None => {
+            // The id order has one direction, but a misspelt sort_order is still an error.
+            SortOrder::parse(params.sort_order.as_deref()).map_err(AppError::invalid)?;
+            None
+        }
     };
-    let listing = app.vectors.list(collection.as_str(), &ListQuery { filter, sort, offset, limit: per_page }).await?;
+    let offset = (page - 1) * per_page;
+    let depth_limited = offset + per_page > MAX_LIST_DEPTH;
+    // Past the depth limit only the total is counted (a one-item query).
+    let query = ListQuery { filter, sort, offset: if depth_limited { 0 } else { offset }, limit: if depth_limited { 1 } else { per_page } };
+    let listing = app.vectors.list(collection.as_str(), &query).await?;
     Ok(Json(ImagePage {
         total_pages: listing.total.div_ceil(per_page as u64),
-        items: listing.items,
+        items: if depth_limited { Vec::new() } else { listing.items },
         total: listing.total,
         page,
         per_page,
+        depth_limited,
     }))
 }
 
@@ -94,7 +107,14 @@ pub async fn list_images(State(app): State<AppState>, ApiQuery(params): ApiQuery
 pub struct CollectionParam {
     /// Default: the selected collection.
     pub collection: Option<String>,
-    /// Random only: a filter (README) as JSON text.
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RandomParams {
+    /// Default: the selected collection.
+    pub collection: Option<String>,
+    /// A filter (README) as JSON text: the image is drawn among those matching.
     pub filters: Option<String>,
 }
 
@@ -103,11 +123,11 @@ pub struct CollectionParam {
     responses((status = 200, body = ImageRecord), (status = 404, body = ErrorBody)))]
 pub async fn get_image(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<CollectionParam>,
 ) -> AppResult<Json<ImageRecord>> {
     let collection = app.collection_or_active(params.collection.as_deref())?;
-    let id = Uuid::parse_str(&id).map_err(|_| AppError::invalid(format!("{id:?} is not an image id (a UUID)")))?;
+    let id = parse_id(&id)?;
     let mut found = app.vectors.get(collection.as_str(), &[id], false).await?;
     found.pop().map(Json).ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))
 }
@@ -128,9 +148,9 @@ pub struct RandomImageRef {
 }
 
 /// One image drawn at random: `{image, metadata}`.
-#[utoipa::path(get, path = "/api/v1/random", tag = "images", params(CollectionParam),
+#[utoipa::path(get, path = "/api/v1/random", tag = "images", params(RandomParams),
     responses((status = 200, body = RandomImage), (status = 404, body = ErrorBody)))]
-pub async fn random_image(State(app): State<AppState>, ApiQuery(params): ApiQuery<CollectionParam>) -> AppResult<Json<RandomImage>> {
+pub async fn random_image(State(app): State<AppState>, ApiQuery(params): ApiQuery<RandomParams>) -> AppResult<Json<RandomImage>> {
     let collection = app.collection_or_active(params.collection.as_deref())?;
     let filter = FilterExpr::parse_str(params.filters.as_deref().unwrap_or(""))?;
     let mut picked = app.vectors.random(collection.as_str(), 1, filter.as_ref()).await?;
@@ -156,45 +176,76 @@ pub struct ThumbnailParams {
     pub collection: Option<String>,
 }
 
-/// The stored image's first path that still exists inside an ingest root.
-async fn original_path(app: &AppState, collection: Option<&str>, id: &str) -> AppResult<(std::path::PathBuf, ImageRecord)> {
+/// The stored image `id` and what a file must be to be served as its original.
+async fn stored_original(app: &AppState, collection: Option<&str>, id: &str) -> AppResult<(Uuid, StoredOriginal, ImageRecord)> {
     let collection = app.collection_or_active(collection)?;
-    let id = Uuid::parse_str(id).map_err(|_| AppError::invalid(format!("{id:?} is not an image id (a UUID)")))?;
+    let id = parse_id(id)?;
     let record = app
         .vectors
         .get(collection.as_str(), &[id], false)
         .await?
         .pop()
         .ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))?;
-    let mut candidates: Vec<String> = Vec::new();
-    if let Some(path) = record.payload.get("path").and_then(|v| v.as_str()) {
-        candidates.push(path.to_owned());
-    }
-    if let Some(paths) = record.payload.get("paths").and_then(|v| v.as_array()) {
-        for path in paths.iter().filter_map(|p| p.as_str()) {
-            if !candidates.iter().any(|c| c == path) {
-                candidates.push(path.to_owned());
-            }
-        }
-    }
-    let mut outside = None;
-    for candidate in &candidates {
-        let path = std::path::Path::new(candidate);
-        if !path.exists() {
-            continue;
-        }
-        match app.inside_ingest_roots(path) {
-            Some(canonical) => return Ok((canonical, record)),
-            None => outside = Some(candidate.clone()),
-        }
-    }
-    Err(match outside {
-        Some(path) => AppError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "path_not_allowed",
-            format!("the original of image {id} ({path}) is outside the ingest roots and is not served"),
+    let stored = StoredOriginal::from_payload(&record.payload)
+        .ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "original_changed", format!("image {id} has no stored path, size and hash to check a file against")))?;
+    Ok((id, stored, record))
+}
+
+fn parse_id(id: &str) -> AppResult<Uuid> {
+    crate::routes::search::parse_image_id(id, "image id")
+}
+
+fn original_error(id: Uuid, error: OriginalError) -> AppError {
+    match error {
+        OriginalError::Gone(paths) => AppError::not_found(format!("the original file of image {id} is gone (looked for {paths})")),
+        OriginalError::Changed(why) => AppError::new(
+            StatusCode::NOT_FOUND,
+            "original_changed",
+            format!("no file is image {id} any more: {why}"),
         ),
-        None => AppError::not_found(format!("the original file of image {id} is gone (looked for {})", candidates.join(", "))),
+        OriginalError::Unreadable(why) => {
+            AppError::new(StatusCode::NOT_FOUND, "original_unreadable", format!("the original of image {id} cannot be read: {why}"))
+        }
+        OriginalError::Outside(paths) => AppError::new(
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!("the original of image {id} ({paths}) is outside the ingest roots and is not served"),
+        ),
+    }
+}
+
+/// Opening and checking a copy: metadata calls, and a hash of a copy whose mtime was not stored.
+fn open_timeout(bytes: u64) -> Duration {
+    FS_CALL_TIMEOUT + Duration::from_secs(bytes / (50 * 1024 * 1024))
+}
+
+/// Bytes read from an original per blocking call while it is streamed.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// The open file's first `len` bytes, read a chunk at a time on the blocking pool; a file that
+/// ends early (it shrank while served) ends the stream with an error.
+fn stream_file(app: AppState, file: std::fs::File, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send {
+    futures::stream::try_unfold((app, Some(file), len), |(app, file, remaining)| async move {
+        let Some(mut file) = file.filter(|_| remaining > 0) else { return Ok(None) };
+        let want = remaining.min(STREAM_CHUNK as u64) as usize;
+        let (file, chunk) = app
+            .fs
+            .run("reading the original", FS_CALL_TIMEOUT, move || {
+                let mut chunk = vec![0u8; want];
+                let read = file.read(&mut chunk).map(|n| {
+                    chunk.truncate(n);
+                    chunk
+                });
+                (file, read)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.message))?;
+        let chunk = chunk?;
+        if chunk.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the original shrank while it was served"));
+        }
+        let remaining = remaining - chunk.len() as u64;
+        Ok(Some((Bytes::from(chunk), (app, Some(file), remaining))))
     })
 }
 
@@ -210,44 +261,50 @@ fn content_type(format: Option<&str>) -> &'static str {
     }
 }
 
-/// The original file's bytes, with its content type; served only from inside the ingest roots.
+/// The original file's bytes, with its content type; served only from inside the ingest
+/// roots, only a regular file, and only while it is still the stored image (else another copy
+/// with the same content, else 404 `original_changed`).
 #[utoipa::path(get, path = "/api/v1/images/{id}/file", tag = "images", params(("id" = Uuid, Path), CollectionParam),
     responses((status = 200, content_type = "image/*", body = Vec<u8>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn image_file(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<CollectionParam>,
-) -> AppResult<axum::response::Response> {
-    use axum::response::IntoResponse;
-    if params.filters.is_some() {
-        return Err(AppError::invalid("filters does not apply to an image's file"));
-    }
-    let (path, record) = original_path(&app, params.collection.as_deref(), &id).await?;
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| AppError::not_found(format!("cannot read the original {}: {e}", path.display())))?;
+) -> AppResult<Response> {
+    let (id, stored, record) = stored_original(&app, params.collection.as_deref(), &id).await?;
+    let roots = app.ingest_roots.clone();
+    let timeout = open_timeout(stored.bytes);
+    let open = app
+        .fs
+        .run("opening the original", timeout, move || open_original(&stored, &roots))
+        .await?
+        .map_err(|e| original_error(id, e))?;
     let kind = content_type(record.payload.get("format").and_then(|v| v.as_str()));
-    let filename = path.file_name().map(|f| f.to_string_lossy().replace('"', "")).unwrap_or_default();
+    let name = open.real_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let len = open.len;
+    let body = Body::from_stream(stream_file(app.clone(), open.file, len));
     Ok((
         [
-            (axum::http::header::CONTENT_TYPE, kind.to_owned()),
-            (axum::http::header::CONTENT_DISPOSITION, format!("inline; filename=\"{filename}\"")),
+            (header::CONTENT_TYPE, kind.to_owned()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, content_disposition(&name)),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
         ],
-        bytes,
+        body,
     )
         .into_response())
 }
 
-/// A JPEG thumbnail of the original (longest side `size`), rendered on demand.
+/// A JPEG thumbnail of the original (longest side `size`), rendered on demand from a copy
+/// that is still the stored image; at most one per core at once (429 when too many wait).
 #[utoipa::path(get, path = "/api/v1/images/{id}/thumbnail", tag = "images", params(("id" = Uuid, Path), ThumbnailParams),
     responses((status = 200, content_type = "image/jpeg", body = Vec<u8>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn image_thumbnail(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ThumbnailParams>,
-) -> AppResult<axum::response::Response> {
-    use axum::response::IntoResponse;
+) -> AppResult<Response> {
     let size = params.size.unwrap_or(256);
     if !(16..=MAX_THUMBNAIL_SIDE).contains(&size) {
         return Err(AppError::invalid(format!("size must be between 16 and {MAX_THUMBNAIL_SIDE}, got {size}")));
@@ -255,17 +312,27 @@ pub async fn image_thumbnail(
     let Some(thumbnailer) = app.thumbnailer.clone() else {
         return Err(AppError::unavailable("this server renders no thumbnails"));
     };
-    let (path, _) = original_path(&app, params.collection.as_deref(), &id).await?;
-    let shown = path.display().to_string();
-    let jpeg = tokio::task::spawn_blocking(move || thumbnailer.render(&path, size))
+    let (id, stored, _) = stored_original(&app, params.collection.as_deref(), &id).await?;
+    let _slot = app.thumbnail_slots.enter().await?;
+    let roots = app.ingest_roots.clone();
+    let max_bytes = thumbnailer.max_file_bytes();
+    let timeout = open_timeout(stored.bytes) + open_timeout(stored.bytes);
+    let (path, bytes) = app
+        .fs
+        .run("reading the original", timeout, move || {
+            let open = open_original(&stored, &roots)?;
+            let path = open.real_path.display().to_string();
+            let bytes = read_all(open, max_bytes).map_err(|e| OriginalError::Unreadable(format!("{path}: {e}")))?;
+            Ok::<_, OriginalError>((path, bytes))
+        })
+        .await?
+        .map_err(|e| original_error(id, e))?;
+    let jpeg = tokio::task::spawn_blocking(move || thumbnailer.render(&bytes, size))
         .await
         .map_err(|e| AppError::internal(e.to_string()))?
-        .map_err(|e| AppError::invalid(format!("cannot make a thumbnail of {shown}: {e}")))?;
+        .map_err(|e| AppError::invalid(format!("cannot make a thumbnail of {path}: {e}")))?;
     Ok((
-        [
-            (axum::http::header::CONTENT_TYPE, "image/jpeg"),
-            (axum::http::header::CACHE_CONTROL, "private, max-age=3600"),
-        ],
+        [(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")],
         jpeg,
     )
         .into_response())

@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::admission::FS_CALL_TIMEOUT;
 use crate::error::{AppError, AppResult, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// Most jobs `GET /jobs` returns.
@@ -145,8 +146,8 @@ impl JobView {
 }
 
 /// Checks an ingest path and resolves it: absolute, no `..`, existing, a directory, inside an
-/// ingest root after every symlink is resolved.
-pub fn resolve_ingest_path(app: &AppState, requested: &str) -> AppResult<std::path::PathBuf> {
+/// ingest root (`roots`, canonical) after every symlink is resolved. Blocking.
+pub fn resolve_ingest_path(roots: &[std::path::PathBuf], requested: &str) -> AppResult<std::path::PathBuf> {
     if requested.trim().is_empty() {
         return Err(AppError::invalid("directory_path must not be empty"));
     }
@@ -159,7 +160,7 @@ pub fn resolve_ingest_path(app: &AppState, requested: &str) -> AppResult<std::pa
     if path.components().any(|c| c == Component::ParentDir) {
         return Err(AppError::invalid(format!("directory_path must not contain `..`, got {requested:?}")));
     }
-    if app.ingest_roots.is_empty() {
+    if roots.is_empty() {
         return Err(AppError::new(
             StatusCode::FORBIDDEN,
             "path_not_allowed",
@@ -168,18 +169,21 @@ pub fn resolve_ingest_path(app: &AppState, requested: &str) -> AppResult<std::pa
     }
     let canonical = match path.canonicalize() {
         Ok(canonical) => canonical,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(AppError::new(StatusCode::NOT_FOUND, "path_not_found", format!("{requested} does not exist on the server")));
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(AppError::new(StatusCode::FORBIDDEN, "path_not_allowed", format!("{requested} cannot be read by the server: {e}")));
         }
-        Err(e) => return Err(AppError::invalid(format!("{requested} cannot be resolved: {e}"))),
+        // Missing, a file on the way, a name too long, a NUL byte: no such directory exists.
+        Err(e) => {
+            return Err(AppError::new(StatusCode::NOT_FOUND, "path_not_found", format!("{requested} does not exist on the server ({e})")));
+        }
     };
-    let roots = || app.ingest_roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
-    if !app.ingest_roots.iter().any(|root| canonical.starts_with(root)) {
+    let shown = || roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+    if !roots.iter().any(|root| canonical.starts_with(root)) {
         let how = if canonical.as_path() != path { format!(" (it resolves to {} through a symlink)", canonical.display()) } else { String::new() };
         return Err(AppError::new(
             StatusCode::FORBIDDEN,
             "path_not_allowed",
-            format!("{requested} is outside the ingest roots{how}; allowed: {}", roots()),
+            format!("{requested} is outside the ingest roots{how}; allowed: {}", shown()),
         ));
     }
     if !canonical.is_dir() {
@@ -195,13 +199,14 @@ pub fn resolve_ingest_path(app: &AppState, requested: &str) -> AppResult<std::pa
 /// Starts ingesting a directory: `202 {job_id}`. Follow it with `GET /ingest/status/{job_id}`.
 #[utoipa::path(post, path = "/api/v1/ingest/", tag = "ingest", request_body = IngestRequest,
     responses((status = 202, body = IngestAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn start_ingest(State(app): State<AppState>, ApiJson(body): ApiJson<IngestRequest>) -> AppResult<(StatusCode, Json<IngestAccepted>)> {
     let Some(queue) = app.queue.clone() else {
         return Err(AppError::unavailable("this server runs without a pipeline and cannot ingest"));
     };
     let collection = app.collection_or_active(body.collection.as_deref())?;
-    let directory = resolve_ingest_path(&app, &body.directory_path)?;
+    let (roots, requested) = (app.ingest_roots.clone(), body.directory_path.clone());
+    let directory = app.fs.run("checking the ingest path", FS_CALL_TIMEOUT, move || resolve_ingest_path(&roots, &requested)).await??;
     ensure_collection(&app, collection.as_str()).await?;
     let job_id = Uuid::new_v4().to_string();
     let directory_path = directory.to_string_lossy().into_owned();
@@ -226,10 +231,12 @@ async fn ensure_collection(app: &AppState, collection: &str) -> AppResult<()> {
     let dim = app.encoder.as_ref().map(|e| e.capabilities().embedding_dim);
     match app.vectors.collection(collection).await {
         Ok(info) => match dim {
-            Some(dim) if info.vector_size != dim => Err(AppError::invalid(format!(
-                "collection {collection:?} holds vectors of size {}, the model makes {dim}; ingest into another collection",
-                info.vector_size
-            ))),
+            Some(dim) if info.vector_size != dim => Err(crate::routes::search::vector_size_mismatch(
+                collection,
+                info.vector_size,
+                dim,
+                "the model's embeddings (ingest into another collection)",
+            )),
             _ => Ok(()),
         },
         Err(VectorError::CollectionNotFound(_)) => {
@@ -247,7 +254,7 @@ async fn ensure_collection(app: &AppState, collection: &str) -> AppResult<()> {
 /// A job's status, counts, progress, recent log lines, ETA and result.
 #[utoipa::path(get, path = "/api/v1/ingest/status/{job_id}", tag = "ingest", params(("job_id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
-pub async fn job_status(State(app): State<AppState>, Path(job_id): Path<String>) -> AppResult<Json<JobView>> {
+pub async fn job_status(State(app): State<AppState>, ApiPath(job_id): ApiPath<String>) -> AppResult<Json<JobView>> {
     let job = app.state.job(&job_id).await?.ok_or_else(|| AppError::not_found(format!("job {job_id:?} not found")))?;
     Ok(Json(JobView::of(job, Utc::now())))
 }
