@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -25,7 +26,12 @@ pub struct ReadFile {
 /// Reads `path` (at most `max_bytes`) and hashes it. Fails with `vanished`, `unreadable`,
 /// `zero-byte` or `too-large`.
 pub fn read_and_hash(path: &Path, max_bytes: u64) -> Result<ReadFile, FileFailure> {
-    let mut file = File::open(path).map_err(|e| io_failure(&e))?;
+    // Non-blocking: a FIFO swapped in after the scan would otherwise block the open forever.
+    let mut file: File = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io_failure(&e))?;
     let meta = file.metadata().map_err(|e| io_failure(&e))?;
     if !meta.is_file() {
         return Err(FileFailure::new(FailureKind::Unreadable, "not a regular file"));

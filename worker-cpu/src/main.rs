@@ -3,6 +3,7 @@
 //! claims and job state in Redis; `/healthz` and `/metrics` on --port.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ struct Cli {
     /// Do not walk directories; only prepare files (scan requests go to other workers).
     #[arg(long, env = "IMGFLEET_NO_SCAN")]
     no_scan: bool,
+    /// Directory scan requests must lie in (symlinks resolved), as on the API; a request for
+    /// another directory fails its job. Repeat the flag (or comma-separate the variable) for
+    /// several. Required unless --no-scan.
+    #[arg(long = "ingest-root", env = "IMGFLEET_INGEST_ROOTS", value_delimiter = ',')]
+    ingest_roots: Vec<PathBuf>,
     /// Log JSON lines instead of text.
     #[arg(long, env = "IMGFLEET_LOG_JSON")]
     log_json: bool,
@@ -48,9 +54,14 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     imgfleet_shared::telemetry::init(cli.log_json);
-    info!(fleet = ?cli.fleet, models = ?cli.models, cpu = ?cli.cpu, no_scan = cli.no_scan, "starting {NAME}");
+    info!(fleet = ?cli.fleet, models = ?cli.models, cpu = ?cli.cpu, no_scan = cli.no_scan, ingest_roots = ?cli.ingest_roots, "starting {NAME}");
     cli.fleet.require_nats(NAME)?;
     cli.fleet.require_redis(NAME)?;
+    if !cli.no_scan && cli.ingest_roots.is_empty() {
+        anyhow::bail!(
+            "{NAME} walks the directories of scan requests: give it the API's --ingest-root (IMGFLEET_INGEST_ROOTS), or --no-scan"
+        );
+    }
     let geometry = model_geometry(&cli.models).await.context("reading the models' configs")?;
     cli.cpu.clip_size = geometry.clip_size;
     cli.cpu.blip_size = geometry.blip_size.unwrap_or(0);
@@ -73,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if !cli.no_scan {
-        let scanner = Scanner::new(queue.clone(), state.clone(), cli.cpu.symlinks);
+        let scanner = Scanner::new(queue.clone(), state.clone(), cli.cpu.symlinks)
+            .with_ingest_roots(&cli.ingest_roots)
+            .context("--ingest-root")?;
+        info!(roots = ?cli.ingest_roots, "scanning only inside the ingest roots");
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move { scanner.run(stop, Duration::from_secs(1)).await }));
     }
@@ -81,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move { stage.run(stop).await }));
     }
-    ops::serve(NAME, cli.host, cli.port, ops::router(NAME), ops::shutdown_signal()).await?;
+    ops::serve(NAME, cli.host, cli.port, ops::standalone(NAME), Default::default(), ops::shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     ops::join_stages(tasks, STOP_GRACE).await;
     info!("stopped");

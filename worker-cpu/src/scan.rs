@@ -71,6 +71,8 @@ pub enum ScanError {
     Root { path: String, source: std::io::Error },
     #[error("{path} is not a directory")]
     NotADirectory { path: String },
+    #[error("{path} is outside this worker's ingest roots ({roots}); give the worker the API's --ingest-root")]
+    OutsideRoots { path: String, roots: String },
 }
 
 /// The walk of one directory tree, as an iterator of candidates and skips.
@@ -83,9 +85,19 @@ pub struct Walk {
 impl Walk {
     /// Starts walking `root` (canonicalised first; candidates are paths under the canonical root).
     pub fn new(root: &Path, policy: SymlinkPolicy) -> Result<Self, ScanError> {
+        Self::within(root, policy, &[])
+    }
+
+    /// [`Walk::new`], refused unless the canonical `root` lies inside one of `roots`
+    /// (canonical); no `roots`: anywhere.
+    pub fn within(root: &Path, policy: SymlinkPolicy, roots: &[PathBuf]) -> Result<Self, ScanError> {
         let root = root
             .canonicalize()
             .map_err(|source| ScanError::Root { path: root.display().to_string(), source })?;
+        if !roots.is_empty() && !roots.iter().any(|allowed| root.starts_with(allowed)) {
+            let roots = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+            return Err(ScanError::OutsideRoots { path: root.display().to_string(), roots });
+        }
         if !root.is_dir() {
             return Err(ScanError::NotADirectory { path: root.display().to_string() });
         }
@@ -176,6 +188,8 @@ pub struct Scanner {
     queue: Arc<dyn WorkQueue>,
     state: Arc<dyn StateStore>,
     symlinks: SymlinkPolicy,
+    /// Canonical directories scan requests must lie in; empty: any (the API checked them).
+    ingest_roots: Vec<PathBuf>,
     retry_delay: Duration,
     max_waiting_files: u64,
 }
@@ -203,7 +217,25 @@ enum Transient {
 
 impl Scanner {
     pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, symlinks: SymlinkPolicy) -> Self {
-        Self { queue, state, symlinks, retry_delay: Duration::from_secs(5), max_waiting_files: DEFAULT_MAX_WAITING_FILES }
+        Self {
+            queue,
+            state,
+            symlinks,
+            ingest_roots: Vec::new(),
+            retry_delay: Duration::from_secs(5),
+            max_waiting_files: DEFAULT_MAX_WAITING_FILES,
+        }
+    }
+
+    /// Refuses scan requests for directories outside `roots` (each canonicalised here): the job
+    /// fails, saying so. Whoever can publish on the queue cannot make this worker read
+    /// elsewhere.
+    pub fn with_ingest_roots(mut self, roots: &[PathBuf]) -> std::io::Result<Self> {
+        self.ingest_roots = roots
+            .iter()
+            .map(|root| root.canonicalize().map_err(|e| std::io::Error::new(e.kind(), format!("ingest root {}: {e}", root.display()))))
+            .collect::<std::io::Result<_>>()?;
+        Ok(self)
     }
 
     /// The scan pauses while this many file tasks wait or are worked on, so the walk of a huge
@@ -336,7 +368,8 @@ impl Scanner {
         let (sender, mut receiver) = mpsc::channel::<Result<WalkItem, ScanError>>(SCAN_CHANNEL_BOUND);
         let root = PathBuf::from(&request.directory_path);
         let policy = self.symlinks;
-        let walker = tokio::task::spawn_blocking(move || match Walk::new(&root, policy) {
+        let roots = self.ingest_roots.clone();
+        let walker = tokio::task::spawn_blocking(move || match Walk::within(&root, policy, &roots) {
             Err(e) => {
                 let _ = sender.blocking_send(Err(e));
             }

@@ -4,8 +4,13 @@ use std::net::IpAddr;
 
 use clap::Args;
 use imgfleet_shared::config::{FleetArgs, ModelArgs};
+use imgfleet_shared::http::ServerLimits;
+use imgfleet_shared::http::auth::{ApiKeys, KeyConfigError, check_exposure};
 
-#[derive(Args, Debug, Clone)]
+/// The flag keys are given with, as error messages name it.
+pub const API_KEY_FLAG: &str = "--api-key (IMGFLEET_API_KEYS)";
+
+#[derive(Args, Clone)]
 pub struct GpuWorkerConfig {
     /// Address the ML API listens on.
     #[arg(long, env = "IMGFLEET_HOST", default_value = "127.0.0.1")]
@@ -41,7 +46,56 @@ pub struct GpuWorkerConfig {
     #[arg(long, env = "IMGFLEET_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Pixels the images of one request may declare together (width × height, read from
+    /// their headers before anything is decoded); four requests' worth are decoded at once.
+    #[arg(long, env = "IMGFLEET_MAX_REQUEST_PIXELS", default_value_t = 64_000_000)]
+    pub max_request_pixels: u64,
+
+    /// Key required in the `x-api-key` header of the ML API (`/api/v1/...`), as SCOPE:KEY or
+    /// KEY (any scope will do); repeat (or comma-separate) for several. None: open, which only
+    /// a loopback --host allows unless --allow-unauthenticated.
+    #[arg(long = "api-key", env = "IMGFLEET_API_KEYS", value_delimiter = ',')]
+    pub api_keys: Vec<String>,
+
+    /// Serve the ML API without keys on a non-loopback --host.
+    #[arg(long, env = "IMGFLEET_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    #[command(flatten)]
+    pub limits: ServerLimits,
+
     /// Log JSON lines instead of text.
     #[arg(long, env = "IMGFLEET_LOG_JSON")]
     pub log_json: bool,
+}
+
+impl GpuWorkerConfig {
+    /// The ML API's keys, checked: none empty, and none missing on an address other machines
+    /// reach (unless --allow-unauthenticated).
+    pub fn access_keys(&self) -> Result<ApiKeys, KeyConfigError> {
+        let keys = ApiKeys::parse(&self.api_keys, API_KEY_FLAG)?;
+        check_exposure(self.host, &keys, self.allow_unauthenticated, API_KEY_FLAG)?;
+        Ok(keys)
+    }
+}
+
+impl std::fmt::Debug for GpuWorkerConfig {
+    /// Keys hidden (their count shown); the fleet's secrets are hidden by `FleetArgs`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuWorkerConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("models", &self.models)
+            .field("fleet", &self.fleet)
+            .field("device", &self.device)
+            .field("encoder_batch", &self.encoder_batch)
+            .field("max_waiting", &self.max_waiting)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_request_pixels", &self.max_request_pixels)
+            .field("api_keys", &format_args!("<{} hidden>", self.api_keys.len()))
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("limits", &self.limits)
+            .field("log_json", &self.log_json)
+            .finish()
+    }
 }

@@ -1,21 +1,72 @@
 //! The seed's ML inference API (section 2.2) over the `Encoder` port.
+//!
+//! Work is admitted before it is done: a full model queue is a 429 before anything is decoded,
+//! the pixels an upload declares are counted from its header against a per-request budget and
+//! a budget for all requests in flight, and texts have a length cap.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgfleet_shared::domain::{Capabilities, RgbImage};
-use imgfleet_shared::http::{ApiJson, AppError, AppResult};
-use imgfleet_shared::ports::Encoder;
+use imgfleet_shared::http::image_input::ImageUpload;
+use imgfleet_shared::http::{ApiJson, ApiKeys, AppError, AppResult, Scope, json_errors};
+use imgfleet_shared::ports::encoder::check_text_lengths;
+use imgfleet_shared::ports::{Encoder, EncoderError};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use imgfleet_shared::http::image_input::MAX_IMAGE_PIXELS;
+
+/// Requests' worth of pixels decoded at once over all requests.
+const REQUESTS_OF_PIXELS_IN_FLIGHT: u64 = 4;
 
 #[derive(Clone)]
 pub struct MlState {
     pub encoder: Arc<dyn Encoder>,
+    keys: ApiKeys,
+    /// Most pixels one request's images may declare together.
+    max_request_pixels: u64,
+    /// Megapixels decoded and not yet answered, over all requests.
+    megapixels_in_flight: Arc<Semaphore>,
+}
+
+impl MlState {
+    /// `keys` empty: the API asks for none. `max_request_pixels`: the pixel budget of one
+    /// request (at least one image of [`MAX_IMAGE_PIXELS`]).
+    pub fn new(encoder: Arc<dyn Encoder>, keys: ApiKeys, max_request_pixels: u64) -> Self {
+        let max_request_pixels = max_request_pixels.max(1);
+        let megapixels = (REQUESTS_OF_PIXELS_IN_FLIGHT * max_request_pixels.div_ceil(1_000_000)).min(u64::from(u32::MAX >> 3));
+        Self { encoder, keys, max_request_pixels, megapixels_in_flight: Arc::new(Semaphore::new(megapixels as usize)) }
+    }
+
+    /// 429 when the model queue is full: before anything of the request is decoded.
+    fn refuse_if_saturated(&self) -> AppResult<()> {
+        if self.encoder.is_saturated() {
+            return Err(EncoderError::Overloaded.into());
+        }
+        Ok(())
+    }
+
+    /// Admits `pixels` (the sum a request's headers declare): 422 past the request budget,
+    /// 429 when the pixels in flight would pass theirs. Held until the request is answered.
+    fn admit_pixels(&self, pixels: u64) -> AppResult<OwnedSemaphorePermit> {
+        if pixels > self.max_request_pixels {
+            return Err(AppError::invalid(format!(
+                "the images declare {pixels} pixels together; one request may hold at most {} (send fewer or smaller images)",
+                self.max_request_pixels
+            )));
+        }
+        let megapixels = u32::try_from(pixels.div_ceil(1_000_000)).unwrap_or(u32::MAX);
+        self.megapixels_in_flight
+            .clone()
+            .try_acquire_many_owned(megapixels)
+            .map_err(|_| AppError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", "too many pixels are being decoded; retry shortly"))
+    }
 }
 
 pub fn router(state: MlState, max_body_bytes: usize) -> Router {
@@ -24,15 +75,29 @@ pub fn router(state: MlState, max_body_bytes: usize) -> Router {
         .route("/embed_text", post(embed_text))
         .route("/caption", post(caption))
         .route("/batch_embed_and_caption", post(batch_embed_and_caption))
-        .route("/capabilities", get(capabilities));
+        .route("/capabilities", get(capabilities))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .nest("/api/v1", api)
-        .fallback(|request: axum::extract::Request| async move {
-            AppError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
         .merge(imgfleet_shared::http::ops::router("imgfleet-worker-gpu"))
+        .fallback(|request: Request| async move {
+            AppError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
+        })
+        .method_not_allowed_fallback(|request: Request| async move {
+            AppError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed on {}", request.method(), request.uri().path()))
+        })
+        .layer(middleware::from_fn(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+}
+
+/// Any of the ML API's keys will do (its endpoints change nothing): `read` scope.
+async fn require_key(State(state): State<MlState>, request: Request, next: Next) -> Response {
+    let what = format!("{} {}", request.method(), request.uri().path());
+    match state.keys.authorize(request.headers(), Scope::Read, &what) {
+        Ok(_) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -65,16 +130,29 @@ pub struct TextResponse {
 
 pub use imgfleet_shared::http::image_input::decode_image;
 
-async fn decode_off_runtime(request: ImageRequest) -> AppResult<RgbImage> {
-    tokio::task::spawn_blocking(move || decode_image(&request.image_base64, request.filename.as_deref()))
+/// Reads an upload's header off the runtime (base64 decoding is CPU work).
+async fn read_upload(request: ImageRequest) -> AppResult<ImageUpload> {
+    tokio::task::spawn_blocking(move || ImageUpload::read(&request.image_base64, request.filename.as_deref()))
         .await
         .map_err(|e| AppError::internal(e.to_string()))?
         .map_err(AppError::invalid)
 }
 
+/// One image, admitted and decoded: the permit is held until the answer.
+async fn admit_and_decode(state: &MlState, request: ImageRequest) -> AppResult<(RgbImage, OwnedSemaphorePermit)> {
+    state.refuse_if_saturated()?;
+    let upload = read_upload(request).await?;
+    let permit = state.admit_pixels(upload.pixels())?;
+    let image = tokio::task::spawn_blocking(move || upload.decode())
+        .await
+        .map_err(|e| AppError::internal(e.to_string()))?
+        .map_err(AppError::invalid)?;
+    Ok((image, permit))
+}
+
 /// `{image_base64, filename}` → `{embedding, embedding_shape}` (L2-normalised CLIP image embedding).
 pub async fn embed(State(state): State<MlState>, ApiJson(request): ApiJson<ImageRequest>) -> AppResult<Json<EmbedResponse>> {
-    let image = decode_off_runtime(request).await?;
+    let (image, _pixels) = admit_and_decode(&state, request).await?;
     let mut embeddings = state.encoder.embed_images(vec![image]).await?;
     let embedding = embeddings.pop().ok_or_else(|| AppError::internal("the encoder returned no embedding"))?;
     let embedding_shape = [1, embedding.len()];
@@ -86,6 +164,8 @@ pub async fn embed_text(State(state): State<MlState>, ApiJson(request): ApiJson<
     if request.texts.is_empty() {
         return Err(AppError::invalid("texts must not be empty"));
     }
+    state.refuse_if_saturated()?;
+    check_text_lengths(&request.texts)?;
     let embeddings = state.encoder.embed_texts(request.texts).await?;
     Ok(Json(TextResponse { embeddings }))
 }
@@ -103,7 +183,7 @@ pub struct CaptionResponse {
 /// `{image_base64, filename}` → `{caption}` (BLIP, transformers' default decoding); 503 when
 /// no captioning model is loaded.
 pub async fn caption(State(state): State<MlState>, ApiJson(request): ApiJson<ImageRequest>) -> AppResult<Json<CaptionResponse>> {
-    let image = decode_off_runtime(request).await?;
+    let (image, _pixels) = admit_and_decode(&state, request).await?;
     let mut captions = state.encoder.caption_images(vec![image]).await?;
     let caption = captions.pop().ok_or_else(|| AppError::internal("the captioner returned no caption"))?;
     Ok(Json(CaptionResponse { caption }))
@@ -145,9 +225,11 @@ pub struct BatchResponse {
 pub const MAX_BATCH_IMAGES: usize = 1024;
 
 /// `{images: [{unique_id, image_base64, filename}]}` → `{results: [{unique_id, filename,
-/// embedding?, caption?, error?}]}`, in request order. An image that cannot be decoded is an
-/// `error` on its own row; the others are embedded (and captioned when a captioning model is
-/// loaded) together.
+/// embedding?, caption?, error?}]}`, in request order. An image that cannot be read or decoded
+/// is an `error` on its own row; the others are embedded (and captioned when a captioning model
+/// is loaded) together. The readable images' headers are read first: their pixels together
+/// must fit the request's pixel budget (422) and the pixels in flight (429) before any is
+/// decoded.
 pub async fn batch_embed_and_caption(
     State(state): State<MlState>,
     ApiJson(request): ApiJson<BatchRequest>,
@@ -158,23 +240,37 @@ pub async fn batch_embed_and_caption(
     if request.images.len() > MAX_BATCH_IMAGES {
         return Err(AppError::invalid(format!("at most {MAX_BATCH_IMAGES} images per request")));
     }
-    let (decoded, mut results) = tokio::task::spawn_blocking(move || {
-        let mut decoded = Vec::new();
+    state.refuse_if_saturated()?;
+    let (uploads, mut results) = tokio::task::spawn_blocking(move || {
+        let mut uploads = Vec::new();
         let mut results = Vec::with_capacity(request.images.len());
         for item in request.images {
-            let outcome = decode_image(&item.image_base64, item.filename.as_deref());
             let mut result =
                 BatchResult { unique_id: item.unique_id, filename: item.filename, embedding: None, caption: None, error: None };
-            match outcome {
-                Ok(image) => decoded.push((results.len(), image)),
+            match ImageUpload::read(&item.image_base64, result.filename.as_deref()) {
+                Ok(upload) => uploads.push((results.len(), upload)),
                 Err(message) => result.error = Some(message),
             }
             results.push(result);
+        }
+        (uploads, results)
+    })
+    .await
+    .map_err(|e| AppError::internal(e.to_string()))?;
+    let _pixels = state.admit_pixels(uploads.iter().map(|(_, u)| u.pixels()).sum())?;
+    let (decoded, results_after) = tokio::task::spawn_blocking(move || {
+        let mut decoded = Vec::with_capacity(uploads.len());
+        for (row, upload) in uploads {
+            match upload.decode() {
+                Ok(image) => decoded.push((row, image)),
+                Err(message) => results[row].error = Some(message),
+            }
         }
         (decoded, results)
     })
     .await
     .map_err(|e| AppError::internal(e.to_string()))?;
+    results = results_after;
     if decoded.is_empty() {
         return Ok(Json(BatchResponse { results }));
     }

@@ -34,6 +34,7 @@ const STOP_GRACE: Duration = Duration::from_secs(90);
 /// SIGINT or SIGTERM; then stops fetching, finishes and settles its batch, and exits.
 pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
     tracing::info!(?config, "starting {NAME}");
+    let keys = config.access_keys()?;
     if config.fleet.nats_url.is_some() {
         config.fleet.require_redis(NAME)?;
     }
@@ -78,8 +79,8 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
             }));
         }
     }
-    let router = http::router(http::MlState { encoder }, config.max_body_bytes);
-    ops::serve(NAME, config.host, config.port, router, ops::shutdown_signal()).await?;
+    let router = http::router(http::MlState::new(encoder, keys, config.max_request_pixels), config.max_body_bytes);
+    ops::serve(NAME, config.host, config.port, router, config.limits, ops::shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     ops::join_stages(tasks, STOP_GRACE).await;
     tracing::info!("stopped");

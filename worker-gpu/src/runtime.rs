@@ -215,6 +215,7 @@ impl Encoder for TchEncoder {
         if texts.len() > MAX_ITEMS_PER_REQUEST {
             return Err(EncoderError::Invalid(format!("at most {MAX_ITEMS_PER_REQUEST} texts per request")));
         }
+        imgfleet_shared::ports::encoder::check_text_lengths(&texts)?;
         let tokenizer = Arc::clone(&self.tokenizer);
         let ids = tokio::task::spawn_blocking(move || tokenizer.encode(&texts))
             .await
@@ -235,6 +236,10 @@ impl Encoder for TchEncoder {
 
     fn capabilities(&self) -> Capabilities {
         self.capabilities.clone()
+    }
+
+    fn is_saturated(&self) -> bool {
+        self.admission.available_permits() == 0
     }
 }
 
