@@ -109,6 +109,7 @@ impl Fleet {
                 args.extend(["--cpu-concurrency".to_owned(), self.options.cpu_concurrency.to_string()]);
                 args.extend(["--held-retry-ms".to_owned(), "500".into()]);
                 args.extend(["--max-prepared-waiting".to_owned(), self.options.max_prepared_waiting.to_string()]);
+                args.extend(["--ingest-root".to_owned(), self.root.display().to_string()]);
                 ChildProcess::spawn("imgfleet-worker-cpu", &args)
             }
             Worker::Gpu(slot) => {

@@ -23,25 +23,45 @@ pub struct ApiServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// How [`ApiServer::start_with`] sets the server up.
+#[derive(Default)]
+pub struct ApiOptions {
+    /// `SCOPE:KEY` or `KEY`, as `--api-key` takes them.
+    pub api_keys: Vec<String>,
+    /// Directories originals are served from.
+    pub ingest_roots: Vec<PathBuf>,
+    /// Render thumbnails (the CPU stage's decoder, default limits).
+    pub thumbnails: bool,
+    pub limits: imgfleet_shared::http::ServerLimits,
+}
+
 impl ApiServer {
     pub async fn start(data_dir: &Path) -> Self {
         Self::start_with_keys(data_dir, Vec::new()).await
     }
 
     pub async fn start_with_keys(data_dir: &Path, api_keys: Vec<String>) -> Self {
+        Self::start_with(data_dir, ApiOptions { api_keys, ..ApiOptions::default() }).await
+    }
+
+    pub async fn start_with(data_dir: &Path, options: ApiOptions) -> Self {
         let vectors: Arc<dyn VectorStore> = EdgeVectorStore::open(data_dir).expect("vector store");
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(data_dir).expect("state store"));
         let mut parts = AppStateParts::stores(Arc::clone(&vectors), Arc::clone(&state), CollectionName::parse("images").unwrap(), 4);
-        parts.api_keys = api_keys;
-        let app = AppState::new(parts)
-        .await
-        .expect("app state");
+        parts.api_keys = imgfleet_shared::http::ApiKeys::parse(&options.api_keys, "--api-key").expect("valid test keys");
+        parts.ingest_roots = options.ingest_roots;
+        if options.thumbnails {
+            let config = imgfleet_worker_cpu::CpuStageConfig::default();
+            parts.thumbnailer = Some(Arc::new(imgfleet_api::thumbnails::CpuThumbnailer::new(&config)));
+        }
+        let app = AppState::new(parts).await.expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let router = imgfleet_api::router(app, 1024 * 1024);
+        let limits = options.limits;
         let task = tokio::spawn(async move {
-            imgfleet_api::serve(listener, router, async {
+            imgfleet_api::serve_with(listener, router, limits, async {
                 let _ = stopped.await;
             })
             .await

@@ -62,6 +62,9 @@ pub struct NatsServer {
     dir: TempDir,
     /// Unique: tells our server from another test's on a port both found free.
     name: String,
+    /// The configuration file, and environment variables it reads.
+    conf: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 static NEXT_SERVER: AtomicUsize = AtomicUsize::new(0);
@@ -69,9 +72,16 @@ static NEXT_SERVER: AtomicUsize = AtomicUsize::new(0);
 impl NatsServer {
     /// Starts a server on free ports with an empty store and waits until it serves JetStream.
     pub fn start() -> Self {
+        Self::start_with(&nats_conf(), &[])
+    }
+
+    /// [`NatsServer::start`] with another configuration file (e.g. the deployed one) and the
+    /// environment variables it reads (e.g. a password); still on loopback and free ports.
+    pub fn start_with(conf: &Path, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let name = format!("imgfleet-test-{}-{}", std::process::id(), NEXT_SERVER.fetch_add(1, Ordering::Relaxed));
-        let mut server = Self { child: None, port: 0, monitor_port: 0, dir, name };
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let mut server = Self { child: None, port: 0, monitor_port: 0, dir, name, conf: conf.to_owned(), env };
         // A port found free may be taken before the server binds it (tests run in parallel):
         // then try other ports.
         let mut attempt = 0;
@@ -167,8 +177,9 @@ impl NatsServer {
         let binary = nats_server_binary();
         let log = self.log_file();
         let child = Command::new(&binary)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("-c")
-            .arg(nats_conf())
+            .arg(&self.conf)
             .args(["-n", &self.name, "-a", "127.0.0.1"])
             .args(["-p", &self.port.to_string(), "-m", &self.monitor_port.to_string()])
             .arg("-sd")

@@ -102,6 +102,15 @@ async fn images_pages_filters_and_sorts() {
     assert_eq!(all.len(), 45, "page 2 differs from page 1 and pages cover everything");
     let (_, past) = get(&server, "/api/v1/images?page=4&per_page=20").await;
     assert!(past["items"].as_array().unwrap().is_empty());
+    assert_eq!(past["depth_limited"], false);
+    // Listing stops at the first 100,000 images of an ordering: deeper pages are empty, and say why.
+    let (status, deep) = get(&server, "/api/v1/images?page=1000&per_page=500").await;
+    assert_eq!(status, StatusCode::OK, "{deep}");
+    assert_eq!((deep["depth_limited"].as_bool(), deep["total"].as_u64()), (Some(true), Some(45)), "{deep}");
+    assert!(deep["items"].as_array().unwrap().is_empty());
+    // Without sort_by the order is by id, whatever sort_order says.
+    let (status, by_id) = get(&server, "/api/v1/images?per_page=20&sort_order=desc").await;
+    assert_eq!((status, ids(&by_id)), (StatusCode::OK, ids(&p1)));
 
     for (order, first, last) in [("asc", 100, 144), ("desc", 144, 100)] {
         let mut widths = Vec::new();
@@ -255,7 +264,11 @@ async fn bad_input_gets_a_4xx_with_the_error_shape_never_a_500() {
     let (_dir, server) = seeded(5).await;
     let search = "/api/v1/search";
     let cases: Vec<(Value, StatusCode, &str)> = vec![
-        (json!({"embedding": [1.0, 2.0]}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (json!({"embedding": [1.0, 2.0]}), StatusCode::CONFLICT, "vector_size_mismatch"),
+        (json!({"embedding": [1e39, 0, 0, 0]}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (json!({"embedding": vec4(1), "score_threshold": 1e39}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (json!({"embedding": vec4(1), "text": "both"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (json!({"like_id": "0b6e2c4a3f1e4d2b9c8a7f6e5d4c3b2a"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         (json!({"embedding": []}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         (json!({"embedding": "NaN"}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
         (json!({"embedding": [1, 2, 3, "x"]}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
@@ -285,10 +298,10 @@ async fn bad_input_gets_a_4xx_with_the_error_shape_never_a_500() {
         "per_page=1000000",
         "page=0",
         "page=abc",
-        "page=100000&per_page=500",
+        "page=100001",
         "sort_by=caption",
         "sort_by=width&sort_order=sideways",
-        "sort_order=desc",
+        "sort_order=up",
         "filters=%7Bnope",
         "filters=%7B%22taken_at%22%3A%7B%22gte%22%3A%22soon%22%7D%7D",
         "bogus=1",

@@ -314,9 +314,14 @@ fn fleet_binaries_explain_what_they_miss() {
     assert!(stderr.contains("--redis-url"), "{stderr}");
     let stderr = run("imgfleet-indexer", &["--port", "0", "--nats-url", "nats://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"]);
     assert!(stderr.contains("--qdrant-url"), "{stderr}");
+    // A scanning CPU worker is told which directories it may walk.
+    let servers = ["--port", "0", "--nats-url", "nats://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"];
+    let stderr = run("imgfleet-worker-cpu", &servers);
+    assert!(stderr.contains("--ingest-root") && stderr.contains("--no-scan"), "{stderr}");
     // Nothing listens on port 1: given up after --connect-retry-secs, naming the server.
-    let args = ["--port", "0", "--nats-url", "nats://127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1"];
-    let args: Vec<&str> = args.into_iter().chain(["--connect-retry-secs", "1", "--clip-model", &clip, "--blip-model", &blip]).collect();
+    let root = std::env::temp_dir().display().to_string();
+    let args: Vec<&str> =
+        servers.into_iter().chain(["--connect-retry-secs", "1", "--clip-model", &clip, "--blip-model", &blip, "--ingest-root", &root]).collect();
     let stderr = run("imgfleet-worker-cpu", &args);
     assert!(stderr.contains("cannot reach nats at nats://127.0.0.1:1"), "{stderr}");
 }

@@ -78,7 +78,7 @@ async fn serve() -> MlServer {
 
 async fn serve_with(blip: Option<&str>) -> MlServer {
     let encoder = encoder_with(4, blip).await;
-    let state = MlState { encoder: Arc::clone(&encoder) as Arc<dyn Encoder> };
+    let state = MlState::new(Arc::clone(&encoder) as Arc<dyn Encoder>, imgfleet_shared::http::ApiKeys::default(), 64_000_000);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state, 2 * 1024 * 1024)).await.unwrap() });
