@@ -5,7 +5,7 @@
 //! and which key scope each operation needs.
 
 use imgfleet_shared::domain::{COLLECTION_NAME_PATTERN, DISTANCE_PATTERN, MAX_VECTOR_SIZE};
-use imgfleet_shared::filter::{FIELDS, FieldType, MAX_ANY_VALUES, MAX_FILTER_CONDITIONS, MAX_FILTER_DEPTH};
+use imgfleet_shared::filter::{FIELDS, FieldType, MAX_ANY_VALUES, MAX_FILTER_DEPTH, MAX_FILTER_LIST, MAX_FILTER_STRING};
 use imgfleet_shared::ports::encoder::MAX_TEXT_CHARS;
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi as _;
@@ -144,6 +144,20 @@ fn constrain_parameter(doc: &mut Value, path: &str, method: &str, name: &str, co
 }
 
 fn constrain_parameters(doc: &mut Value) {
+    // A query string cannot say `null`: an optional parameter is one that may be left out.
+    for item in doc.get_mut("paths").and_then(Value::as_object_mut).into_iter().flat_map(|p| p.values_mut()) {
+        for operation in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            for param in operation.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+                if let Some(types) = param.pointer_mut("/schema/type").and_then(Value::as_array_mut) {
+                    types.retain(|t| t != "null");
+                    if types.len() == 1 {
+                        let only = types[0].clone();
+                        param["schema"]["type"] = only;
+                    }
+                }
+            }
+        }
+    }
     let name = json!({ "pattern": COLLECTION_NAME_PATTERN });
     for (path, method) in [("/api/v1/collections/{name}", "get"), ("/api/v1/collections/{name}", "delete")] {
         constrain_parameter(doc, path, method, "name", name.clone());
@@ -180,10 +194,11 @@ fn constrain_parameters(doc: &mut Value) {
 
 /// The filter language as JSON Schema: `Filter` (the top level, `{}` meaning no filter), then
 /// one schema per nesting level down to [`MAX_FILTER_DEPTH`] (where `all`, `any` and `not` end).
+/// Fields are grouped by type with `patternProperties`, which keeps the schema small.
 fn add_filter_schemas(doc: &mut Value) {
     let level = |depth: usize| if depth == 0 { "Filter".to_owned() } else { format!("FilterLevel{depth}") };
     let values = |item: Value| json!({ "type": "array", "items": item, "minItems": 1, "maxItems": MAX_ANY_VALUES });
-    let string = json!({ "type": "string" });
+    let string = json!({ "type": "string", "maxLength": MAX_FILTER_STRING });
     let int = json!({ "type": "integer", "minimum": i64::MIN, "maximum": i64::MAX });
     let exact = |scalar: &Value| {
         json!({
@@ -202,13 +217,14 @@ fn add_filter_schemas(doc: &mut Value) {
         })
     };
     let time = json!({ "type": "string", "anyOf": [{ "format": "date-time" }, { "format": "date" }] });
-    let text = json!({ "type": "string", "pattern": NOT_BLANK });
+    let text = json!({ "type": "string", "pattern": NOT_BLANK, "maxLength": MAX_FILTER_STRING });
     let conditions = [
-        ("KeywordCondition", json!({ "oneOf": [string, values(string.clone()), exact(&string)] })),
-        ("IntegerCondition", json!({ "oneOf": [int, values(int.clone()), exact(&int), range(json!({ "type": "number" }))] })),
-        ("FloatCondition", json!({ "oneOf": [range(json!({ "type": "number" }))] })),
-        ("DatetimeCondition", json!({ "oneOf": [range(time)] })),
+        (FieldType::Keyword, "KeywordCondition", json!({ "oneOf": [string, values(string.clone()), exact(&string)] })),
+        (FieldType::Integer, "IntegerCondition", json!({ "oneOf": [int, values(int.clone()), exact(&int), range(json!({ "type": "number" }))] })),
+        (FieldType::Float, "FloatCondition", range(json!({ "type": "number" }))),
+        (FieldType::Datetime, "DatetimeCondition", range(time)),
         (
+            FieldType::Text,
             "TextCondition",
             json!({ "oneOf": [text, {
                 "type": "object",
@@ -218,25 +234,20 @@ fn add_filter_schemas(doc: &mut Value) {
             }] }),
         ),
     ];
-    let condition_of = |ty: FieldType| match ty {
-        FieldType::Keyword => "KeywordCondition",
-        FieldType::Integer => "IntegerCondition",
-        FieldType::Float => "FloatCondition",
-        FieldType::Datetime => "DatetimeCondition",
-        FieldType::Text => "TextCondition",
-    };
-    let all = schemas(doc);
-    for (name, schema) in conditions {
-        all.insert(name.into(), schema);
+    let mut fields = Map::new();
+    for (ty, name, schema) in conditions {
+        let names: Vec<&str> = FIELDS.iter().filter(|f| f.ty == ty).map(|f| f.name).collect();
+        if names.is_empty() {
+            continue;
+        }
+        schemas(doc).insert(name.into(), schema);
+        fields.insert(format!("^({})$", names.join("|")), schema_ref(name));
     }
     for depth in 0..=MAX_FILTER_DEPTH {
         let mut properties = Map::new();
-        for field in FIELDS {
-            properties.insert(field.name.into(), schema_ref(condition_of(field.ty)));
-        }
         if depth < MAX_FILTER_DEPTH {
             let next = schema_ref(&level(depth + 1));
-            let list = json!({ "type": "array", "items": next, "minItems": 1, "maxItems": MAX_FILTER_CONDITIONS });
+            let list = json!({ "type": "array", "items": next, "minItems": 1, "maxItems": MAX_FILTER_LIST });
             properties.insert("all".into(), list.clone());
             properties.insert("any".into(), list);
             properties.insert("not".into(), next);
@@ -244,16 +255,17 @@ fn add_filter_schemas(doc: &mut Value) {
         let mut schema = json!({
             "type": "object",
             "properties": properties,
+            "patternProperties": fields,
             "additionalProperties": false,
             "minProperties": if depth == 0 { 0 } else { 1 },
         });
         if depth == 0 {
             schema["description"] = Value::String(format!(
-                "The filter language (README): every entry must hold. `{{}}` is no filter. At most \
-                 {MAX_FILTER_CONDITIONS} field conditions and {MAX_FILTER_DEPTH} levels of all / any / not."
+                "The filter language (README): every entry must hold; `{{}}` is no filter. At most \
+                 {MAX_FILTER_DEPTH} levels of all / any / not."
             ));
         }
-        all.insert(level(depth), schema);
+        schemas(doc).insert(level(depth), schema);
     }
 }
 
@@ -271,8 +283,12 @@ fn add_shared_responses(doc: &mut Value, keys: bool) {
             if operation.contains_key("requestBody") {
                 add.extend([(400, "the body is not JSON"), (413, "the body is over the size limit"), (415, "the body is not sent as application/json"), (422, "a value is not acceptable")]);
             }
-            if operation.get("parameters").and_then(Value::as_array).is_some_and(|p| !p.is_empty()) {
+            let parameters = operation.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
+            if !parameters.is_empty() {
                 add.push((422, "a parameter is not acceptable"));
+            }
+            if parameters.iter().any(|p| p["in"] == "query") {
+                add.push((414, "the URL is longer than the HTTP server takes (64 KiB)"));
             }
             let api = path.starts_with("/api/v1/");
             if api && keys {
@@ -290,6 +306,10 @@ fn add_shared_responses(doc: &mut Value, keys: bool) {
             let responses = operation.entry("responses").or_insert_with(|| json!({})).as_object_mut().expect("responses");
             for (status, why) in add {
                 responses.entry(status.to_string()).or_insert_with(|| {
+                    if status == 414 {
+                        // Refused by the HTTP layer before any handler runs: no body.
+                        return json!({ "description": why });
+                    }
                     json!({ "description": why, "content": { "application/json": { "schema": schema_ref("ErrorBody") } } })
                 });
             }
@@ -317,6 +337,8 @@ mod tests {
             assert!(doc["components"]["schemas"][format!("FilterLevel{depth}")].is_object(), "level {depth}");
         }
         assert!(doc["components"]["schemas"][format!("FilterLevel{MAX_FILTER_DEPTH}")]["properties"].get("all").is_none());
+        let images = &doc["paths"]["/api/v1/images"]["get"]["parameters"];
+        assert!(images.as_array().unwrap().iter().all(|p| p["in"] == "query" && p["required"] == false), "{images}");
         let delete = &doc["paths"]["/api/v1/collections/{name}"]["delete"];
         for status in ["200", "401", "403", "404", "422", "500", "503"] {
             assert!(delete["responses"].get(status).is_some(), "DELETE /collections/{{name}} lacks {status}");

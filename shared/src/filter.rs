@@ -77,12 +77,17 @@ pub const FIELDS: &[FieldDef] = &[
     FieldDef { name: "caption", key: "caption", ty: FieldType::Text },
 ];
 
+// The bounds keep a filter's cost bounded (a field at most once per object, 8 filters per list,
+// 3 levels) and are all structural, so that its description (the OpenAPI schema, unrolled level
+// by level) states them exactly. Deeper or wider filters are rarely needed.
 /// Deepest nesting of `all` / `any` / `not` accepted.
-pub const MAX_FILTER_DEPTH: usize = 8;
-/// Most conditions accepted in one filter.
-pub const MAX_FILTER_CONDITIONS: usize = 128;
-/// Most values in one `any` list.
-pub const MAX_ANY_VALUES: usize = 1024;
+pub const MAX_FILTER_DEPTH: usize = 3;
+/// Most filters in one `all` or `any` list.
+pub const MAX_FILTER_LIST: usize = 8;
+/// Most values in one list of values (`any`).
+pub const MAX_ANY_VALUES: usize = 64;
+/// Longest string value (a keyword such as a path, a caption text), in characters.
+pub const MAX_FILTER_STRING: usize = 4096;
 
 pub fn field(name: &str) -> Option<&'static FieldDef> {
     FIELDS.iter().find(|f| f.name == name)
@@ -139,14 +144,12 @@ pub struct FilterError {
     pub message: String,
 }
 
-struct Parser {
-    conditions: usize,
-}
+struct Parser;
 
 impl FilterExpr {
     /// Parses and validates a filter. `{}` and `null` mean "no filter".
     pub fn parse(value: &Value) -> Result<Option<FilterExpr>, FilterError> {
-        let mut parser = Parser { conditions: 0 };
+        let mut parser = Parser;
         match value {
             Value::Null => Ok(None),
             Value::Object(map) if map.is_empty() => Ok(None),
@@ -193,6 +196,9 @@ impl Parser {
                     if items.is_empty() {
                         return Err(err(&sub, "empty list"));
                     }
+                    if items.len() > MAX_FILTER_LIST {
+                        return Err(err(&sub, format!("more than {MAX_FILTER_LIST} filters")));
+                    }
                     let exprs = items
                         .iter()
                         .enumerate()
@@ -211,10 +217,6 @@ impl Parser {
                             ),
                         ));
                     };
-                    self.conditions += 1;
-                    if self.conditions > MAX_FILTER_CONDITIONS {
-                        return Err(err(path, format!("more than {MAX_FILTER_CONDITIONS} conditions")));
-                    }
                     FilterExpr::Field { field: def, cond: condition(def, v, &sub)? }
                 }
             };
@@ -303,12 +305,13 @@ fn text(s: &str, path: &str) -> Result<Condition, FilterError> {
     if s.trim().is_empty() {
         return Err(err(path, "empty text"));
     }
+    check_length(s, path)?;
     Ok(Condition::Text(s.to_owned()))
 }
 
 fn scalar(def: &FieldDef, v: &Value, path: &str) -> Result<Scalar, FilterError> {
     match (def.ty, v) {
-        (FieldType::Keyword, Value::String(s)) => Ok(Scalar::Str(s.clone())),
+        (FieldType::Keyword, Value::String(s)) => check_length(s, path).map(|()| Scalar::Str(s.clone())),
         (FieldType::Integer, Value::Number(n)) if integer_value(n).is_some() => Ok(Scalar::Int(integer_value(n).expect("checked"))),
         (FieldType::Keyword, _) => Err(err(path, format!("field {:?} holds strings, got {}", def.name, kind(v)))),
         (FieldType::Integer, _) => Err(err(path, format!("field {:?} holds integers, got {}", def.name, kind(v)))),
@@ -319,6 +322,13 @@ fn scalar(def: &FieldDef, v: &Value, path: &str) -> Result<Scalar, FilterError> 
                 _ => "a range: {\"gte\": ..., \"lt\": ...}",
             }),
         )),
+    }
+}
+
+fn check_length(s: &str, path: &str) -> Result<(), FilterError> {
+    match s.chars().count() {
+        n if n > MAX_FILTER_STRING => Err(err(path, format!("{n} characters; at most {MAX_FILTER_STRING} are accepted"))),
+        _ => Ok(()),
     }
 }
 
@@ -479,8 +489,15 @@ mod tests {
             v = json!({"not": v});
         }
         assert!(parse(v).unwrap_err().message.contains("nested"));
-        let many: Vec<Value> = (0..=MAX_FILTER_CONDITIONS).map(|_| json!({"format": "png"})).collect();
-        assert!(parse(json!({"all": many})).is_err());
+        let wide: Vec<Value> = (0..=MAX_FILTER_LIST).map(|_| json!({"format": "png"})).collect();
+        assert!(parse(json!({"all": wide})).unwrap_err().message.contains("filters"));
+        let long = "x".repeat(MAX_FILTER_STRING + 1);
+        assert!(parse(json!({"format": long})).unwrap_err().message.contains("characters"));
+        assert!(parse(json!({"caption": long})).is_err());
+        let values: Vec<Value> = (0..=MAX_ANY_VALUES).map(|i| json!(i)).collect();
+        assert!(parse(json!({"width": values})).is_err());
+        assert!(parse(json!({"width": {"eq": 12.0}})).is_ok(), "an integral float is an integer");
+        assert!(parse(json!({"width": {"eq": 12.5}})).is_err());
     }
 
     #[test]

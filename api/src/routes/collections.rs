@@ -26,6 +26,7 @@ pub struct CreateCollection {
     /// 1–64 of letters, digits, `_`, `-`; starts with a letter or digit.
     pub collection_name: String,
     /// Default: the CLIP model's embedding size (512 for ViT-B/32).
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub vector_size: Option<usize>,
     /// `Cosine` (default), `Dot`, `Euclid` or `Manhattan`; case-insensitive.
     pub distance: Option<String>,

@@ -36,8 +36,10 @@ pub struct DuplicatesRequest {
     /// similarity, -1 to 1, on Cosine collections; any finite number on Dot collections.
     pub threshold: Option<f64>,
     /// Most groups returned (largest first); 1 to 1000, default 50.
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub limit: Option<usize>,
     /// Most images examined, in id order; default 50000, at most 1000000.
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub max_points: Option<usize>,
     /// Default: the selected collection.
     pub collection: Option<String>,

@@ -41,11 +41,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// 1-based, up to 100000; default 1.
+    #[serde(default, deserialize_with = "crate::extract::integer_in_query")]
     pub page: Option<usize>,
     /// 1 to 500; default 20.
+    #[serde(default, deserialize_with = "crate::extract::integer_in_query")]
     pub per_page: Option<usize>,
     /// A filter (README) as JSON text.
     pub filters: Option<String>,
@@ -103,6 +106,7 @@ pub async fn list_images(State(app): State<AppState>, ApiQuery(params): ApiQuery
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionParam {
     /// Default: the selected collection.
@@ -110,6 +114,7 @@ pub struct CollectionParam {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RandomParams {
     /// Default: the selected collection.
@@ -168,9 +173,11 @@ pub async fn random_image(State(app): State<AppState>, ApiQuery(params): ApiQuer
 pub const MAX_THUMBNAIL_SIDE: u32 = 1024;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ThumbnailParams {
     /// Longest side in pixels, 16 to 1024; default 256.
+    #[serde(default, deserialize_with = "crate::extract::integer_in_query")]
     pub size: Option<u32>,
     /// Default: the selected collection.
     pub collection: Option<String>,

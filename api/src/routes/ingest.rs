@@ -260,9 +260,11 @@ pub async fn job_status(State(app): State<AppState>, ApiPath(job_id): ApiPath<St
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JobsParams {
     /// Newest first; 1 to 1000, default 50.
+    #[serde(default, deserialize_with = "crate::extract::integer_in_query")]
     pub limit: Option<usize>,
 }
 

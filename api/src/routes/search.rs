@@ -46,8 +46,10 @@ pub struct SearchRequest {
     #[schema(value_type = Object)]
     pub filters: Option<serde_json::Value>,
     /// 1 to 1000; default 10.
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub limit: Option<usize>,
     /// Hits to skip, up to 10000; default 0.
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub offset: Option<usize>,
     /// Only hits scoring at least this (cosine similarity for Cosine collections).
     pub score_threshold: Option<f64>,
