@@ -332,14 +332,17 @@ fn check_length(s: &str, path: &str) -> Result<(), FilterError> {
     }
 }
 
-/// A JSON number as an `i64`: an integer, or a float with no fraction (`12.0`), in range.
+/// A JSON number as an `i64`: an integer, or a float with no fraction (`12.0`) small enough to
+/// be exact (an integer past `i64` arrives as a rounded float and must not pass as its neighbour).
 fn integer_value(n: &serde_json::Number) -> Option<i64> {
     n.as_i64().or_else(|| {
         let f = n.as_f64()?;
-        // 2^63 itself is out of range; every f64 below it in magnitude converts exactly.
-        (f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0).then_some(f as i64)
+        (f.fract() == 0.0 && f.abs() <= MAX_EXACT_FLOAT).then_some(f as i64)
     })
 }
+
+/// 2^53: every whole number up to it is exact as an `f64`.
+const MAX_EXACT_FLOAT: f64 = 9_007_199_254_740_992.0;
 
 fn bound(def: &FieldDef, v: &Value, path: &str) -> Result<Bound, FilterError> {
     match (def.ty, v) {
@@ -498,6 +501,10 @@ mod tests {
         assert!(parse(json!({"width": values})).is_err());
         assert!(parse(json!({"width": {"eq": 12.0}})).is_ok(), "an integral float is an integer");
         assert!(parse(json!({"width": {"eq": 12.5}})).is_err());
+        let below: Value = serde_json::from_str("-9223372036854775809").unwrap();
+        assert!(parse(json!({"width": below})).is_err(), "past i64, not rounded into it");
+        let above: Value = serde_json::from_str("9223372036854775808").unwrap();
+        assert!(parse(json!({"width": above})).is_err());
     }
 
     #[test]

@@ -96,8 +96,21 @@ impl UnionFind {
         (status = 429, body = ErrorBody)))]
 pub async fn find_duplicates(
     State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> AppResult<Json<DuplicatesResponse>> {
+    // A body is optional, but one that is given must be JSON, as everywhere else.
+    let json = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        let media = v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+    });
+    if !body.iter().all(u8::is_ascii_whitespace) && !json {
+        return Err(AppError::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with `content-type: application/json` (or no body)",
+        ));
+    }
     let body: DuplicatesRequest = optional_json(&body)?;
     let collection = app.collection_or_active(body.collection.as_deref())?;
     let threshold = body.threshold.unwrap_or(DEFAULT_THRESHOLD);

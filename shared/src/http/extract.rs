@@ -113,7 +113,8 @@ struct Whole<T, const TEXT: bool>(std::marker::PhantomData<T>);
 
 impl<T: TryFrom<u64>, const TEXT: bool> Whole<T, TEXT> {
     fn from_f64<E: serde::de::Error>(value: f64) -> Result<Option<T>, E> {
-        if value.fract() != 0.0 || !(0.0..18_446_744_073_709_551_616.0).contains(&value) {
+        // Up to 2^53 a whole float is exact; past it, a rounded float must not pass as a number.
+        if value.fract() != 0.0 || !(0.0..=9_007_199_254_740_992.0).contains(&value) {
             return Err(E::custom(format!("expected a whole number of at least 0, got {value}")));
         }
         Self::from_u64(value as u64)
