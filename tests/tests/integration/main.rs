@@ -14,3 +14,4 @@ mod nats_contracts;
 mod qdrant_contracts;
 mod redis_contracts;
 mod serve;
+mod settling;
