@@ -158,7 +158,13 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     // Bigger than the counting test's: the ingest must outlast eight blows and two restarts.
     let spec = CorpusSpec { unique: 3600, duplicates: 300, broken: 100, min_side: 160, max_side: 400, seed: 23 };
     let (dir, corpus) = corpus_in(root.path(), &spec);
-    let mut fleet = Fleet::start(root.path(), FleetOptions::default());
+    let big_spec = CorpusSpec { unique: 300, duplicates: 30, broken: 6, min_side: 900, max_side: 1400, seed: 24 };
+    let (big_dir, big) = corpus_named(root.path(), "big", &big_spec);
+    // The ack wait is longer than the default test fleet's, so that the last blow's bound (twice
+    // the ack wait) leaves room for the work still to do after it.
+    let options = FleetOptions { ack_wait_secs: 15, ..FleetOptions::default() };
+    let ack_wait = Duration::from_secs(options.ack_wait_secs);
+    let mut fleet = Fleet::start(root.path(), options);
     let client = Client::new();
     let seed = std::env::var("IMGFLEET_CHAOS_SEED")
         .ok()
@@ -202,22 +208,35 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
             }
         }
     }
-    // The last blow, near the end (the scan done, most files settled): both CPU workers and a
-    // GPU worker killed at once and back under new names. What they held comes back after the
-    // ack wait and their tasks take their dedup claims back at once: no claim waits for its TTL
-    // (600 s), so the job settles within twice the ack wait.
-    let ack_wait = Duration::from_secs(FleetOptions::default().ack_wait_secs);
-    let deadline = Instant::now() + Duration::from_secs(900);
+    let job = wait_for_job(&fleet.api_url(""), &job_id, Duration::from_secs(900)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(counts(&job), [4000, 3600, 300, 100], "{job}");
+    assert_stored_once(&client, &fleet, &corpus).await;
+    assert_queue_drained(&fleet).await;
+
+    // The last blow, on a folder of big photos (the CPU workers are the slowest stage, so they
+    // hold file tasks and dedup claims until near the end): both CPU workers and a GPU worker
+    // killed at once and back under new names. What they held comes back after the ack wait and
+    // each task takes its claim back at once: no claim waits for its TTL (600 s), so the job
+    // settles within twice the ack wait.
+    let api = fleet.api_url("");
+    let body = json!({"directory_path": big_dir.display().to_string(), "collection": "last"});
+    let (status, accepted) = post(&client, &api, "/api/v1/ingest/", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let total = big.total() as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let status = job_status(&client, &fleet, &job_id).await;
+        assert_ne!(status["status"], "completed", "the ingest ended before the last blow");
         let settled: u64 = counts(&status)[1..].iter().sum();
-        assert_ne!(status["status"], "completed", "the ingest ended before the last blow: make the corpus bigger");
-        if status["scan_complete"] == true && settled * 100 >= 95 * 4000 {
-            eprintln!("chaos: last blow (kill -9 both CPU workers and GPU 0) at {:?}", counts(&status));
+        let held = stream_states(&fleet.nats).await.iter().find(|s| s.stream == "IMGFLEET_FILES").map_or(0, |s| s.num_ack_pending);
+        if status["scan_complete"] == true && settled * 100 >= 25 * total && held > 0 {
+            eprintln!("chaos: last blow (kill -9 both CPU workers, holding {held} file tasks, and GPU 0) at {:?}", counts(&status));
             break;
         }
         assert!(Instant::now() < deadline, "no progress: {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let last_blow = Instant::now();
     for worker in [Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)] {
@@ -226,13 +245,13 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     for worker in [Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)] {
         fleet.restart(worker);
     }
-    let job = wait_for_job(&fleet.api_url(""), &job_id, Duration::from_secs(900)).await;
+    let job = wait_for_job(&api, &job_id, Duration::from_secs(600)).await;
     let settled_after = last_blow.elapsed();
     eprintln!("chaos: settled {:.1} s after the last blow (ack wait {} s)", settled_after.as_secs_f64(), ack_wait.as_secs());
     assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(counts(&job), [4000, 3600, 300, 100], "{job}");
+    assert_eq!(counts(&job), [total, big.unique.len() as u64, big.duplicates.len() as u64, big.broken.len() as u64], "{job}");
     assert!(settled_after <= 2 * ack_wait, "the job took {settled_after:?} after the last kill (ack wait {ack_wait:?})");
-    assert_stored_once(&client, &fleet, &corpus).await;
+    checks::assert_stored_once(&client, &api, "last", &big).await;
     assert_queue_drained(&fleet).await;
 }
 
