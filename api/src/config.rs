@@ -49,6 +49,16 @@ pub struct ApiConfig {
     #[arg(long, env = "IMGFLEET_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// The embedded vector store stops writing (answers 507, the pipeline waits) while the disk
+    /// under --data-dir has less free space than this: `512MiB`, `2GiB`, or bytes.
+    #[arg(long, env = "IMGFLEET_MIN_FREE_DISK", default_value = "256MiB", value_parser = imgfleet_shared::config::parse_bytes)]
+    pub min_free_disk: u64,
+
+    /// How long finished jobs (and their per-file records and logs) are kept: a number with a
+    /// unit, `s`, `m`, `h` or `d` (e.g. `12h`, `30d`).
+    #[arg(long, env = "IMGFLEET_JOB_RETENTION", default_value = "7d", value_parser = imgfleet_shared::config::parse_duration)]
+    pub job_retention: std::time::Duration,
+
     /// Log JSON lines instead of text.
     #[arg(long, env = "IMGFLEET_LOG_JSON")]
     pub log_json: bool,
@@ -58,6 +68,11 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
+    /// Options of the embedded vector store under `--data-dir`.
+    pub fn edge_store_options(&self) -> imgfleet_shared::adapters::EdgeStoreOptions {
+        imgfleet_shared::adapters::EdgeStoreOptions { min_free_bytes: self.min_free_disk, ..Default::default() }
+    }
+
     /// The ingest roots, or the current directory when none is given.
     pub fn ingest_roots_or_cwd(&self) -> std::io::Result<Vec<PathBuf>> {
         if self.ingest_roots.is_empty() { Ok(vec![std::env::current_dir()?]) } else { Ok(self.ingest_roots.clone()) }

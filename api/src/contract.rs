@@ -299,6 +299,9 @@ fn add_shared_responses(doc: &mut Value, keys: bool) {
                 let scoped = format!("{description}\n\nNeeds a key with scope `{scope}` (or higher).").trim().to_owned();
                 operation.insert("description".into(), Value::String(scoped));
             }
+            if api && required_scope(&http_method, path) >= imgfleet_shared::http::Scope::Write {
+                add.push((507, "a store's disk is full: reads still work, writes again once space is made"));
+            }
             if api || path == "/readyz" {
                 add.push((500, "an internal error"));
             }

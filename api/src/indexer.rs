@@ -2,23 +2,35 @@
 //! vector store (point id = UUID from the sha256, so a replay rewrites the same point), marks
 //! their dedup entries done, counts them as processed, and only then acks. It also adds the
 //! paths of duplicates (`DuplicatePath` notes) to their stored point and counts them as
-//! duplicates. It runs in the process
-//! that owns the vector store (DESIGN.md).
+//! duplicates. It runs in the process that owns the vector store (DESIGN.md).
+//!
+//! Settling rules: an image of a job that has ended (cancelled, or failed because its
+//! collection was deleted) is not stored; its claim is given back. A done mark is refused by the
+//! state store when the collection's dedup was cleared since the image's claim (its point may
+//! be in a deleted collection): the image still counts as stored. A duplicate whose point turns
+//! out to be gone (its collection was deleted) is not counted: its stale done entry is
+//! forgotten and the file is queued again, to be processed like any new file.
 //!
 //! Transient store errors are retried with a growing delay; on the queue's last allowed
-//! delivery the images fail with the reason instead, so nothing is dead-lettered uncounted.
+//! delivery the images fail with the reason instead, so nothing is dead-lettered uncounted. A
+//! full disk is waited out (the deliveries kept alive), never counted against the deliveries:
+//! the stage resumes by itself once space is made.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imgfleet_shared::domain::{ImagePoint, ItemOutcome, point_id_for};
-use imgfleet_shared::job_status::complete_if_done;
-use imgfleet_shared::messages::{self, DuplicatePath, EncodedImage, IndexerInput};
+use imgfleet_shared::domain::{ImagePoint, ItemOutcome, MAX_PATHS_PER_IMAGE, point_id_for};
+use imgfleet_shared::job_status::{JobStatusCache, complete_if_done};
+use imgfleet_shared::messages::{self, DuplicatePath, EncodedImage, FileTask, IndexerInput};
 use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Delivery, QueueError, Settle, StateError, StateStore, VectorError, VectorStore, WorkQueue};
+use imgfleet_shared::ports::state::FULL_DISK_PAUSE;
+use imgfleet_shared::ports::{
+    Delivery, QueueError, Settle, StateError, StateStore, VectorError, VectorStore, WorkQueue, publish_attempt,
+};
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -51,6 +63,7 @@ pub struct Indexer {
     state: Arc<dyn StateStore>,
     vectors: Arc<dyn VectorStore>,
     config: IndexerConfig,
+    jobs: JobStatusCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,18 +72,27 @@ enum Transient {
     State(#[from] StateError),
     #[error(transparent)]
     Vectors(#[from] VectorError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl Transient {
+    fn is_disk_full(&self) -> bool {
+        matches!(self, Self::State(StateError::StorageFull(_)) | Self::Vectors(VectorError::StorageFull(_)))
+    }
 }
 
 impl Indexer {
     pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, vectors: Arc<dyn VectorStore>, config: IndexerConfig) -> Self {
-        Self { queue, state, vectors, config }
+        Self { queue, state, vectors, config, jobs: JobStatusCache::default() }
     }
 
-    /// Runs batches until `shutdown` turns true (checked between batches).
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Runs batches until `shutdown` turns true (checked between batches, and while a full
+    /// disk is waited out).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         info!(batch = self.config.batch, "indexer started");
         while !*shutdown.borrow_and_update() {
-            match self.run_batch(self.config.fetch_wait).await {
+            match self.run_batch_until(self.config.fetch_wait, Some(&shutdown)).await {
                 Ok(_) => {}
                 Err(QueueError::Closed) => return,
                 Err(e) => {
@@ -84,6 +106,10 @@ impl Indexer {
     /// Fetches one batch (waiting at most `wait`) and settles every delivery in it. Returns
     /// how many deliveries it handled.
     pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
+        self.run_batch_until(wait, None).await
+    }
+
+    async fn run_batch_until(&self, wait: Duration, stop: Option<&watch::Receiver<bool>>) -> Result<usize, QueueError> {
         let deliveries = self.queue.fetch(Stream::Encoded, self.config.batch, wait).await?;
         let fetched = deliveries.len();
         if fetched == 0 {
@@ -101,56 +127,117 @@ impl Indexer {
             }
         }
         for (collection, batch) in images {
-            self.store(&collection, batch).await;
+            let batch = self.drop_ended(batch).await;
+            if !batch.is_empty() {
+                self.store(&collection, batch, stop).await;
+            }
         }
         for (collection, batch) in notes {
-            self.add_paths(&collection, batch).await;
+            self.add_paths(&collection, batch, stop).await;
         }
         PIPELINE.batch_seconds.with_label_values(&["indexer"]).observe(started.elapsed().as_secs_f64());
         Ok(fetched)
     }
 
-    /// Upserts one collection's images, then records them; settles every delivery.
-    async fn store(&self, collection: &str, batch: Vec<(Delivery, EncodedImage)>) {
-        match self.upsert(collection, &batch).await {
-            Ok(()) => {}
-            Err(Transient::Vectors(e @ (VectorError::CollectionNotFound(_) | VectorError::Invalid(_)))) => {
-                // Retrying cannot help: the collection was deleted, or does not fit the model.
-                let reason = format!("cannot store in collection {collection:?}: {e}");
-                for (delivery, image) in batch {
-                    self.fail_and_settle(delivery, &image, &reason).await;
+    /// Keeps the images whose job is still running; the others are not stored: their claims
+    /// are given back (a later ingest takes the content at once) and their deliveries acked.
+    async fn drop_ended(&self, batch: Vec<(Delivery, EncodedImage)>) -> Vec<(Delivery, EncodedImage)> {
+        let mut kept = Vec::with_capacity(batch.len());
+        for (delivery, image) in batch {
+            match self.jobs.is_ended(self.state.as_ref(), &image.job_id).await {
+                Ok(true) => {
+                    if let Err(e) = self.state.release(&image.collection, &image.payload.sha256, &image.claim_token).await {
+                        debug!(error = %e, "giving back an ended job's claim failed; it expires by itself");
+                    }
+                    PIPELINE.images.with_label_values(&["indexer", "dropped"]).inc();
+                    delivery.settle_or_warn(Settle::Ack).await;
                 }
-                return;
+                // Unknown (the state store is away for a moment): store it.
+                Ok(false) | Err(_) => kept.push((delivery, image)),
             }
-            Err(e) => {
-                for (delivery, image) in batch {
-                    let deliveries = delivery.deliveries;
-                    if deliveries >= self.config.max_deliver {
-                        let reason = format!("cannot store after {deliveries} attempts: {e}");
-                        self.fail_and_settle(delivery, &image, &reason).await;
-                    } else {
-                        warn!(error = %e, collection, "storing a batch failed; it will be retried");
-                        delivery.settle_or_warn(Settle::Retry(self.config.retry_delay(deliveries))).await;
+        }
+        kept
+    }
+
+    /// Waits while a store's disk is full, keeping `deliveries` alive; false when stopping.
+    async fn wait_for_space(&self, deliveries: impl Iterator<Item = &Delivery>, error: &Transient, stop: Option<&watch::Receiver<bool>>) -> bool {
+        warn!(error = %error, pause_secs = FULL_DISK_PAUSE.as_secs(), "a store's disk is full; the indexer waits for space");
+        tokio::time::sleep(FULL_DISK_PAUSE).await;
+        for delivery in deliveries {
+            let _ = delivery.in_progress().await;
+        }
+        !stop.is_some_and(|s| *s.borrow())
+    }
+
+    /// Upserts one collection's images, then records them; settles every delivery.
+    async fn store(&self, collection: &str, batch: Vec<(Delivery, EncodedImage)>, stop: Option<&watch::Receiver<bool>>) {
+        loop {
+            match self.upsert(collection, &batch).await {
+                Ok(()) => break,
+                Err(e) if e.is_disk_full() => {
+                    if !self.wait_for_space(batch.iter().map(|(d, _)| d), &e, stop).await {
+                        for (delivery, _) in batch {
+                            delivery.settle_or_warn(Settle::Retry(Duration::ZERO)).await;
+                        }
+                        return;
                     }
                 }
-                return;
+                Err(Transient::Vectors(e @ (VectorError::CollectionNotFound(_) | VectorError::Invalid(_)))) => {
+                    // Retrying cannot help: the collection was deleted, or does not fit the model.
+                    let reason = format!("cannot store in collection {collection:?}: {e}");
+                    for (delivery, image) in batch {
+                        self.fail_and_settle(delivery, &image, &reason).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    for (delivery, image) in batch {
+                        let deliveries = delivery.deliveries;
+                        if deliveries >= self.config.max_deliver {
+                            let reason = format!("cannot store after {deliveries} attempts: {e}");
+                            self.fail_and_settle(delivery, &image, &reason).await;
+                        } else {
+                            warn!(error = %e, collection, "storing a batch failed; it will be retried");
+                            delivery.settle_or_warn(Settle::Retry(self.config.retry_delay(deliveries))).await;
+                        }
+                    }
+                    return;
+                }
             }
         }
         // Stored: dedup entries done and outcomes counted, all at once (the state store
         // commits concurrent writes together).
-        let recorded = futures::future::join_all(batch.iter().map(|(_, image)| self.record_stored(collection, image))).await;
+        let mut pending: Vec<(Delivery, EncodedImage)> = batch;
         let mut jobs = BTreeSet::new();
-        for ((delivery, image), result) in batch.into_iter().zip(recorded) {
-            match result {
-                Ok(()) => {
-                    jobs.insert(image.job_id.clone());
-                    delivery.settle_or_warn(Settle::Ack).await;
+        while !pending.is_empty() {
+            let recorded = futures::future::join_all(pending.iter().map(|(_, image)| self.record_stored(collection, image))).await;
+            let mut full = None;
+            let mut again = Vec::new();
+            for ((delivery, image), result) in pending.into_iter().zip(recorded) {
+                match result {
+                    Ok(()) => {
+                        jobs.insert(image.job_id.clone());
+                        delivery.settle_or_warn(Settle::Ack).await;
+                    }
+                    Err(e) if e.is_disk_full() => {
+                        full = Some(e);
+                        again.push((delivery, image));
+                    }
+                    Err(e) => {
+                        // The point is stored; the redelivery rewrites it and records again.
+                        warn!(error = %e, "recording a stored image failed; it will be retried");
+                        let delay = self.config.retry_delay(delivery.deliveries);
+                        delivery.settle_or_warn(Settle::Retry(delay)).await;
+                    }
                 }
-                Err(e) => {
-                    // The point is stored; the redelivery rewrites it and records again.
-                    warn!(error = %e, "recording a stored image failed; it will be retried");
-                    let delay = self.config.retry_delay(delivery.deliveries);
-                    delivery.settle_or_warn(Settle::Retry(delay)).await;
+            }
+            pending = again;
+            if let Some(e) = full {
+                if !self.wait_for_space(pending.iter().map(|(d, _)| d), &e, stop).await {
+                    for (delivery, _) in pending {
+                        delivery.settle_or_warn(Settle::Retry(Duration::ZERO)).await;
+                    }
+                    break;
                 }
             }
         }
@@ -177,8 +264,15 @@ impl Indexer {
             }
             let point = ImagePoint::from_payload(image.embedding.clone(), &payload);
             match index.get(&point.id) {
-                // The same content twice in one batch (a replay): one point.
-                Some(_) => {}
+                // The same content twice in one batch (a replay, or two copies after a cleared
+                // cache): one point with both paths.
+                Some(&i) => {
+                    let mut paths = PathList::of(&points[i].payload);
+                    for path in payload.paths {
+                        paths.add(path);
+                    }
+                    paths.write_to(&mut points[i].payload);
+                }
                 None => {
                     index.insert(point.id, points.len());
                     points.push(point);
@@ -188,14 +282,15 @@ impl Indexer {
         let ids: Vec<Uuid> = points.iter().map(|p| p.id).collect();
         for existing in self.vectors.get(collection, &ids, false).await? {
             let Some(&i) = index.get(&existing.id) else { continue };
-            let known = string_list(existing.payload.get("paths"));
-            let mut paths = string_list(points[i].payload.get("paths"));
-            for path in known {
-                if !paths.contains(&path) {
-                    paths.push(path);
-                }
+            let mut paths = PathList::of(&existing.payload);
+            for path in string_list(points[i].payload.get("paths")) {
+                paths.add(path);
             }
-            points[i].payload.insert("paths".into(), Value::from(paths));
+            paths.write_to(&mut points[i].payload);
+            // `path` stays the first file seen with this content.
+            if let Some(first) = existing.payload.get("path").filter(|p| p.is_string()) {
+                points[i].payload.insert("path".into(), first.clone());
+            }
         }
         self.vectors.upsert(collection, points).await?;
         Ok(())
@@ -203,7 +298,12 @@ impl Indexer {
 
     async fn record_stored(&self, collection: &str, image: &EncodedImage) -> Result<(), Transient> {
         let sha = &image.payload.sha256;
-        self.state.mark_done(collection, sha, &point_id_for(sha).to_string()).await?;
+        if !self.state.mark_done(collection, sha, &point_id_for(sha).to_string(), &image.claim_token).await? {
+            // Cleared (or deleted) since the claim: the mark must not outlive the clear, and
+            // the claim (if the clear left one) is given back.
+            self.state.release(collection, sha, &image.claim_token).await?;
+            debug!(collection, sha, "dedup was cleared since this image's claim; stored without a done mark");
+        }
         if self.state.record_outcome(&image.job_id, &image.payload.path, &ItemOutcome::Processed).await? {
             PIPELINE.images.with_label_values(&["indexer", "stored"]).inc();
         }
@@ -214,6 +314,8 @@ impl Indexer {
     async fn fail_and_settle(&self, delivery: Delivery, image: &EncodedImage, reason: &str) {
         info!(job_id = %image.job_id, path = %image.payload.path, reason, "image failed in the indexer");
         let recorded = async {
+            // Given back first: a later ingest of the content must not wait for the claim's TTL.
+            self.state.release(&image.collection, &image.payload.sha256, &image.claim_token).await?;
             if self.state.record_outcome(&image.job_id, &image.payload.path, &ItemOutcome::Failed { reason: reason.to_owned() }).await? {
                 PIPELINE.images.with_label_values(&["indexer", "failed"]).inc();
             }
@@ -231,53 +333,50 @@ impl Indexer {
     }
 
     /// Adds duplicate paths to their stored points (one read for the batch, one payload write
-    /// per point that gains a path).
-    async fn add_paths(&self, collection: &str, batch: Vec<(Delivery, DuplicatePath)>) {
-        let result: Result<(), Transient> = async {
-            let mut wanted: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
-            for (_, note) in &batch {
-                let id = point_id_for(&note.sha256);
-                wanted.entry(id).or_default().push(note.duplicate_path.clone());
-            }
-            let ids: Vec<Uuid> = wanted.keys().copied().collect();
-            let existing = match self.vectors.get(collection, &ids, false).await {
-                Ok(found) => found,
-                Err(VectorError::CollectionNotFound(_)) => Vec::new(),
-                Err(e) => return Err(e.into()),
-            };
-            for record in existing {
-                let mut paths = string_list(record.payload.get("paths"));
-                let before = paths.len();
-                for path in &wanted[&record.id] {
-                    if !paths.contains(path) {
-                        paths.push(path.clone());
+    /// per point that gains a path). A note whose point is gone is sent back to be processed.
+    async fn add_paths(&self, collection: &str, batch: Vec<(Delivery, DuplicatePath)>, stop: Option<&watch::Receiver<bool>>) {
+        let mut batch = batch;
+        let found = loop {
+            match self.apply_paths(collection, &batch).await {
+                Ok(found) => break found,
+                Err(e) if e.is_disk_full() => {
+                    if !self.wait_for_space(batch.iter().map(|(d, _)| d), &e, stop).await {
+                        for (delivery, _) in batch {
+                            delivery.settle_or_warn(Settle::Retry(Duration::ZERO)).await;
+                        }
+                        return;
                     }
                 }
-                if paths.len() != before {
-                    let mut update = serde_json::Map::new();
-                    update.insert("paths".into(), Value::from(paths));
-                    self.vectors.set_payload(collection, record.id, update).await?;
+                Err(e) => {
+                    warn!(error = %e, collection, "adding duplicate paths failed; they will be retried");
+                    for (delivery, _) in batch {
+                        let delay = self.config.retry_delay(delivery.deliveries);
+                        delivery.settle_or_warn(Settle::Retry(delay)).await;
+                    }
+                    return;
                 }
             }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = &result {
-            warn!(error = %e, collection, "adding duplicate paths failed; they will be retried");
-            for (delivery, _) in batch {
-                let delay = self.config.retry_delay(delivery.deliveries);
-                delivery.settle_or_warn(Settle::Retry(delay)).await;
-            }
-            return;
+        };
+        // Notes whose point is gone: not duplicates after all.
+        let (present, gone): (Vec<_>, Vec<_>) = batch.drain(..).partition(|(_, note)| found.contains(&point_id_for(&note.sha256)));
+        for (delivery, note) in gone {
+            let how = match self.requeue(&note).await {
+                Ok(()) => Settle::Ack,
+                Err(e) => {
+                    warn!(error = %e, path = %note.duplicate_path, "queueing a file again failed; it will be retried");
+                    Settle::Retry(self.config.retry_delay(delivery.deliveries))
+                }
+            };
+            delivery.settle_or_warn(how).await;
         }
         // The paths are on their images: count the duplicates (concurrently: one state commit).
-        let recorded = futures::future::join_all(batch.iter().map(|(_, note)| async move {
+        let recorded = futures::future::join_all(present.iter().map(|(_, note)| async move {
             let outcome = ItemOutcome::Duplicate { existing_id: note.point_id.clone() };
             self.state.record_outcome(&note.job_id, &note.duplicate_path, &outcome).await
         }))
         .await;
         let mut jobs = BTreeSet::new();
-        for ((delivery, note), result) in batch.into_iter().zip(recorded) {
+        for ((delivery, note), result) in present.into_iter().zip(recorded) {
             let delay = self.config.retry_delay(delivery.deliveries);
             match result {
                 Ok(counted) => {
@@ -295,6 +394,84 @@ impl Indexer {
         }
         self.complete_jobs(jobs).await;
     }
+
+    /// Adds the notes' paths to their points; returns the ids of the points that exist.
+    async fn apply_paths(&self, collection: &str, batch: &[(Delivery, DuplicatePath)]) -> Result<BTreeSet<Uuid>, Transient> {
+        let mut wanted: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+        for (_, note) in batch {
+            wanted.entry(point_id_for(&note.sha256)).or_default().push(note.duplicate_path.clone());
+        }
+        let ids: Vec<Uuid> = wanted.keys().copied().collect();
+        let existing = match self.vectors.get(collection, &ids, false).await {
+            Ok(found) => found,
+            Err(VectorError::CollectionNotFound(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut found = BTreeSet::new();
+        for record in existing {
+            found.insert(record.id);
+            let mut paths = PathList::of(&record.payload);
+            let mut changed = false;
+            for path in &wanted[&record.id] {
+                changed |= paths.add(path.clone());
+            }
+            if changed {
+                let mut update = serde_json::Map::new();
+                paths.write_to(&mut update);
+                self.vectors.set_payload(collection, record.id, update).await?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// A duplicate's point is gone (its collection was deleted and maybe made again): unless
+    /// its job has ended, the stale done entry is forgotten and the file queued again, to be
+    /// processed like a new one. Nothing is recorded for it here.
+    async fn requeue(&self, note: &DuplicatePath) -> Result<(), Transient> {
+        if self.jobs.is_ended(self.state.as_ref(), &note.job_id).await? {
+            return Ok(());
+        }
+        self.state.forget_done(&note.collection, &note.sha256, &note.done_token).await?;
+        let task = FileTask::new(note.job_id.clone(), note.collection.clone(), note.duplicate_path.clone());
+        let id = format!("{}:stale:{}", imgfleet_shared::names::file_task_id(&note.job_id, &note.duplicate_path), note.done_token);
+        publish_attempt(self.queue.as_ref(), Stream::Files, &id, messages::encode(&task)).await?;
+        info!(job_id = %note.job_id, path = %note.duplicate_path, "the stored copy of this content is gone; the file is processed again");
+        Ok(())
+    }
+}
+
+/// An image's paths as stored: the first [`MAX_PATHS_PER_IMAGE`] in `paths`, the rest counted
+/// in `more_paths`.
+struct PathList {
+    paths: Vec<String>,
+    more: u64,
+}
+
+impl PathList {
+    fn of(payload: &serde_json::Map<String, Value>) -> Self {
+        Self { paths: string_list(payload.get("paths")), more: payload.get("more_paths").and_then(Value::as_u64).unwrap_or(0) }
+    }
+
+    /// Adds `path` unless it is listed; beyond the cap it is only counted (a replay after a
+    /// crash may count such a path twice). Returns whether anything changed.
+    fn add(&mut self, path: String) -> bool {
+        if self.paths.contains(&path) {
+            return false;
+        }
+        if self.paths.len() < MAX_PATHS_PER_IMAGE {
+            self.paths.push(path);
+        } else {
+            self.more += 1;
+        }
+        true
+    }
+
+    fn write_to(self, payload: &mut serde_json::Map<String, Value>) {
+        payload.insert("paths".into(), Value::from(self.paths));
+        if self.more > 0 {
+            payload.insert("more_paths".into(), Value::from(self.more));
+        }
+    }
 }
 
 fn string_list(value: Option<&Value>) -> Vec<String> {
@@ -304,3 +481,22 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_capped_and_the_rest_counted() {
+        let mut payload = serde_json::Map::new();
+        payload.insert("paths".into(), Value::from(vec!["/a".to_owned()]));
+        let mut list = PathList::of(&payload);
+        assert!(!list.add("/a".into()), "a listed path changes nothing");
+        for i in 0..MAX_PATHS_PER_IMAGE + 4 {
+            assert!(list.add(format!("/p{i}")));
+        }
+        list.write_to(&mut payload);
+        assert_eq!(payload["paths"].as_array().unwrap().len(), MAX_PATHS_PER_IMAGE);
+        assert_eq!(payload["more_paths"], 5);
+        assert_eq!(PathList::of(&payload).more, 5);
+    }
+}

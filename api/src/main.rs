@@ -59,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
     imgfleet_shared::config::account_given_up(&queue, state.clone());
     let (vectors, embedded): (Arc<dyn VectorStore>, bool) = match cli.fleet.connect_qdrant().await? {
         Some(qdrant) => (qdrant, false),
-        None => (EdgeVectorStore::open(&cli.api.data_dir).context("opening the embedded vector store")?, true),
+        None => (
+            EdgeVectorStore::open_with(&cli.api.data_dir, cli.api.edge_store_options()).context("opening the embedded vector store")?,
+            true,
+        ),
     };
     let fallback = Capabilities {
         safe_clip_batch: 0,
@@ -114,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
     }
     tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(5), stop.clone())));
-    tasks.push(tokio::spawn(imgfleet_shared::job_status::sweep_completions(state.clone(), Duration::from_secs(5), stop.clone())));
+    tasks.push(tokio::spawn(imgfleet_shared::job_status::maintain_jobs(state.clone(), Duration::from_secs(5), cli.api.job_retention, stop.clone())));
 
     let router = imgfleet_api::router(app.clone(), cli.api.max_body_bytes);
     ops::serve(NAME, cli.api.host, cli.api.port, router, cli.api.limits, ops::shutdown_signal()).await?;

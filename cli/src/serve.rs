@@ -84,7 +84,7 @@ impl Embedded {
         if voided > 0 {
             info!(voided, "dedup claims of the previous run voided");
         }
-        let vectors = EdgeVectorStore::open(&api.data_dir).context("opening the vector store")?;
+        let vectors = EdgeVectorStore::open_with(&api.data_dir, api.edge_store_options()).context("opening the vector store")?;
         let clip_size = encoder.clip_input_size();
         let blip_size = encoder.blip_input_size().unwrap_or(0);
         let encoder: Arc<dyn Encoder> = encoder;
@@ -105,6 +105,8 @@ impl Embedded {
         ));
         let work_queue: Arc<dyn WorkQueue> = queue.clone();
         let state_store: Arc<dyn StateStore> = state.clone();
+        // A message no stage could settle in its deliveries still settles its file (as failed).
+        queue.on_given_up(imgfleet_shared::job_status::given_up_hook(state_store.clone()));
 
         let mut cpu_config = config.cpu.clone();
         cpu_config.clip_size = clip_size;
@@ -165,7 +167,12 @@ impl Embedded {
             tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
         }
         tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
-        tasks.push(tokio::spawn(imgfleet_shared::job_status::sweep_completions(state_store.clone(), Duration::from_secs(5), stop.clone())));
+        tasks.push(tokio::spawn(imgfleet_shared::job_status::maintain_jobs(
+            state_store.clone(),
+            Duration::from_secs(5),
+            api.job_retention,
+            stop.clone(),
+        )));
         // In the background: re-queuing a big interrupted job waits for room in the bounded
         // queue, and the API should answer meanwhile.
         let resume = {
@@ -210,10 +217,7 @@ pub async fn load_encoder(args: &EncoderArgs) -> anyhow::Result<TchEncoder> {
 /// unsettled files are published again from the state store, and a scan that had not
 /// finished walks again, publishing only files it had not found before.
 async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::Result<()> {
-    for job in state.list_jobs(usize::MAX).await? {
-        if job.status.is_final() {
-            continue;
-        }
+    for job in state.active_jobs().await? {
         let unsettled = state.unsettled_items(&job.job_id).await?;
         info!(job_id = %job.job_id, unsettled = unsettled.len(), scan_complete = job.scan_complete, "resuming an interrupted job");
         state

@@ -147,9 +147,12 @@ pub struct ImagePayload {
     pub sha256: String,
     /// Absolute path of the first file seen with this content.
     pub path: String,
-    /// Every path seen with this content (the first one included).
+    /// Paths seen with this content (the first one included), at most [`MAX_PATHS_PER_IMAGE`].
     #[serde(default)]
     pub paths: Vec<String>,
+    /// How many more paths hold this content beyond those in `paths`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_paths: u64,
     pub filename: String,
     pub width: u32,
     pub height: u32,
@@ -175,6 +178,14 @@ pub struct ImagePayload {
     pub job_id: Option<String>,
     /// When the point was written, RFC 3339.
     pub ingested_at: String,
+}
+
+/// Most paths kept in an image's `paths`; beyond it they are only counted (`more_paths`), so a
+/// picture copied into every folder cannot grow one payload without bound.
+pub const MAX_PATHS_PER_IMAGE: usize = 100;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A point to write: id, vector and payload.

@@ -46,10 +46,11 @@ pub struct PreparedImage {
     pub blip_size: u32,
     #[serde(with = "bytes_b64")]
     pub blip_pixels: Vec<u8>,
-    /// Owner of the content's dedup claim, so a later stage that fails the image can give
-    /// the claim back at once instead of leaving it to expire.
+    /// The dedup claim's token (the attempt): names the messages carrying this image on, is
+    /// given back by a later stage that fails or drops the image (so a retry takes the content
+    /// at once), and marks it done once stored.
     #[serde(default)]
-    pub claim_owner: String,
+    pub claim_token: String,
 }
 
 /// Embedding and caption of one image, ready to index.
@@ -60,13 +61,17 @@ pub struct EncodedImage {
     pub collection: String,
     pub payload: ImagePayload,
     pub embedding: Vec<f32>,
+    /// The dedup claim's token, carried from the `PreparedImage`.
+    #[serde(default)]
+    pub claim_token: String,
 }
 
 /// "This file has the same content as a stored image": the CPU stage found the content's
 /// dedup entry done, and the stage that owns the vector store (the indexer) adds `path` to that
 /// point's `paths`. Published on `Stream::Encoded` beside `EncodedImage`; read that stream with
 /// [`decode_indexer_input`]; the indexer counts the duplicate once the path is added. Message
-/// id: `dup:{job_id}:{collection}:{sha256}:{hash of path}`.
+/// id: `dup:{job_id}:{hash of path}:{done_token}`. When the point turns out to be gone, the
+/// indexer forgets that done entry and queues the file again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DuplicatePath {
     pub schema_version: u32,
@@ -77,11 +82,14 @@ pub struct DuplicatePath {
     pub point_id: String,
     /// The extra path, absolute.
     pub duplicate_path: String,
+    /// Token of the acquisition whose done entry said "stored" (see `StateStore::forget_done`).
+    #[serde(default)]
+    pub done_token: String,
 }
 
 impl DuplicatePath {
-    pub fn new(job_id: String, collection: String, sha256: String, point_id: String, duplicate_path: String) -> Self {
-        Self { schema_version: SCHEMA_VERSION, job_id, collection, sha256, point_id, duplicate_path }
+    pub fn new(job_id: String, collection: String, sha256: String, point_id: String, duplicate_path: String, done_token: String) -> Self {
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, sha256, point_id, duplicate_path, done_token }
     }
 }
 
@@ -206,7 +214,7 @@ struct PreparedHeaderRef<'a> {
     payload: &'a ImagePayload,
     clip_size: u32,
     blip_size: u32,
-    claim_owner: &'a str,
+    claim_token: &'a str,
     clip_len: usize,
     blip_len: usize,
 }
@@ -220,7 +228,7 @@ struct PreparedHeader {
     clip_size: u32,
     blip_size: u32,
     #[serde(default)]
-    claim_owner: String,
+    claim_token: String,
     clip_len: usize,
     blip_len: usize,
 }
@@ -236,7 +244,7 @@ pub fn encode_prepared(message: &PreparedImage) -> Vec<u8> {
         payload: &message.payload,
         clip_size: message.clip_size,
         blip_size: message.blip_size,
-        claim_owner: &message.claim_owner,
+        claim_token: &message.claim_token,
         clip_len: message.clip_pixels.len(),
         blip_len: message.blip_pixels.len(),
     })
@@ -279,7 +287,7 @@ pub fn decode_prepared(bytes: &[u8]) -> Result<PreparedImage, DecodeError> {
         clip_pixels: clip.to_vec(),
         blip_size: header.blip_size,
         blip_pixels: blip.to_vec(),
-        claim_owner: header.claim_owner,
+        claim_token: header.claim_token,
     })
 }
 
@@ -308,7 +316,7 @@ mod tests {
             clip_pixels: (0..12).collect(),
             blip_size: 1,
             blip_pixels: vec![7, 8, 9],
-            claim_owner: "w/1".into(),
+            claim_token: "3.ab".into(),
         };
         let bytes = encode_prepared(&image);
         assert!(bytes.len() < encode(&image).len());
@@ -323,7 +331,7 @@ mod tests {
 
     #[test]
     fn encoded_stream_tells_duplicates_from_encoded_images() {
-        let duplicate = DuplicatePath::new("j".into(), "c".into(), "ab".into(), "p".into(), "/x/copy.jpg".into());
+        let duplicate = DuplicatePath::new("j".into(), "c".into(), "ab".into(), "p".into(), "/x/copy.jpg".into(), "0.ff".into());
         assert_eq!(decode_indexer_input(&encode(&duplicate)).unwrap(), IndexerInput::DuplicatePath(duplicate));
         let encoded = EncodedImage {
             schema_version: SCHEMA_VERSION,
@@ -331,6 +339,7 @@ mod tests {
             collection: "c".into(),
             payload: ImagePayload { sha256: "ab".into(), path: "/x/a.jpg".into(), ..ImagePayload::default() },
             embedding: vec![0.5, -0.5],
+            claim_token: "0.ab".into(),
         };
         assert_eq!(decode_indexer_input(&encode(&encoded)).unwrap(), IndexerInput::Encoded(encoded));
         assert!(decode_indexer_input(b"{}").is_err());

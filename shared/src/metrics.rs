@@ -46,6 +46,9 @@ pub struct PipelineMetrics {
     pub queue_depth: IntGaugeVec,
     /// Jobs that ended, by final status.
     pub jobs_finished: IntCounterVec,
+    /// Publishes the queue answered as duplicates of an earlier publish of the same attempt
+    /// (work redelivered after its output was published), by stream.
+    pub duplicate_publishes: IntCounterVec,
 }
 
 pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetrics {
@@ -77,6 +80,13 @@ pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetric
     ),
     jobs_finished: register(
         IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
+    ),
+    duplicate_publishes: register(
+        IntCounterVec::new(
+            Opts::new("queue_duplicate_publishes_total", "Publishes answered as a duplicate of the same attempt, by stream"),
+            &["stream"],
+        )
+        .expect("valid metric"),
     ),
 });
 

@@ -1,5 +1,15 @@
 //! Every stream, subject and consumer name. No other crate spells one.
 
+/// Message id of the file task for `path` in `job_id`: a replayed scan publishes the same ids,
+/// which the queue drops (the task is queued or handled already). A task queued again for
+/// another reason extends it with what makes that attempt new.
+pub fn file_task_id(job_id: &str, path: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("file:{job_id}:{hex}")
+}
+
 /// A work stream of the pipeline. Each has one durable consumer shared by all its workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stream {

@@ -20,9 +20,6 @@ pub struct FleetOptions {
     pub gpu_batches: Vec<usize>,
     /// `--ack-wait-secs`: how soon the deliveries of a killed worker come back.
     pub ack_wait_secs: u64,
-    /// `--claim-ttl-secs` of the CPU workers: how long a killed worker's dedup claim blocks
-    /// the content's other copies.
-    pub claim_ttl_secs: u64,
     /// Threads per CPU worker (`--cpu-concurrency`).
     pub cpu_concurrency: usize,
     /// `--max-prepared-waiting` of the CPU workers: keeps the time from claim to stored (and
@@ -32,7 +29,7 @@ pub struct FleetOptions {
 
 impl Default for FleetOptions {
     fn default() -> Self {
-        Self { cpu_workers: 2, gpu_batches: vec![4, 8], ack_wait_secs: 10, claim_ttl_secs: 60, cpu_concurrency: 1, max_prepared_waiting: 128 }
+        Self { cpu_workers: 2, gpu_batches: vec![4, 8], ack_wait_secs: 10, cpu_concurrency: 1, max_prepared_waiting: 128 }
     }
 }
 
@@ -102,10 +99,9 @@ impl Fleet {
         let mut args = vec!["--port".to_owned(), "0".into()];
         args.extend(Self::common_args(&self.nats, &self.redis, &self.options));
         match worker {
-            Worker::Cpu(slot) => {
-                // A stable id per slot: a restarted worker takes its own live claims back.
-                args.extend(["--worker-id".to_owned(), format!("cpu-{slot}")]);
-                args.extend(["--claim-ttl-secs".to_owned(), self.options.claim_ttl_secs.to_string()]);
+            Worker::Cpu(_) => {
+                // No --worker-id and the default claim TTL: a restarted worker comes back under
+                // a new name (`cpu-<host>-<pid>`), like a Deployment's new pod.
                 args.extend(["--cpu-concurrency".to_owned(), self.options.cpu_concurrency.to_string()]);
                 args.extend(["--held-retry-ms".to_owned(), "500".into()]);
                 args.extend(["--max-prepared-waiting".to_owned(), self.options.max_prepared_waiting.to_string()]);
@@ -221,15 +217,4 @@ pub async fn wait_for_job(api: &str, job_id: &str, limit: Duration) -> Value {
     }
 }
 
-/// `imgfleet_<name>{labels} value` lines of a `/metrics` text: the sum over series whose labels
-/// contain `label_filter` (e.g. `model="clip"`).
-pub fn metric_sum(text: &str, name: &str, label_filter: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && labels.contains(label_filter)).then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
+pub use crate::checks::metric_sum;

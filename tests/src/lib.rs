@@ -1,6 +1,7 @@
 //! Shared by imgfleet's integration tests: the ports' contract suites, fixtures for the
 //! embedded adapters, and harnesses that run servers on free ports.
 
+pub mod checks;
 pub mod contract;
 pub mod embedded;
 pub mod fleet;

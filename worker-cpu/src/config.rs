@@ -36,8 +36,9 @@ pub struct CpuStageConfig {
     /// Largest buffer one decode may allocate.
     #[arg(long, env = "IMGFLEET_MAX_DECODE_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub max_decode_bytes: u64,
-    /// How long a dedup claim lives without being marked done; a worker that dies leaves a
-    /// claim that others take over after this.
+    /// How long a dedup claim lives without being marked done. A dead worker's claims do not
+    /// wait for it: its tasks come back after the queue's ack wait and take them back at once;
+    /// this only bounds a claim whose task is gone for good.
     #[arg(long, env = "IMGFLEET_CLAIM_TTL_SECS", default_value_t = 600)]
     pub claim_ttl_secs: u64,
     /// Wait before re-checking a file whose content another worker is preparing right now.
@@ -63,8 +64,8 @@ pub struct CpuStageConfig {
     /// waits for its image to be stored (keep that well under --claim-ttl-secs). 0: no limit.
     #[arg(long, env = "IMGFLEET_MAX_PREPARED_WAITING", default_value_t = 1024)]
     pub max_prepared_waiting: u64,
-    /// Owner name of this worker's dedup claims; default `cpu-<hostname>-<pid>`. A restarted
-    /// worker with the same id takes its own live claims back at once.
+    /// This worker's name in logs; default `cpu-<hostname>-<pid>`. (Dedup claims belong to
+    /// tasks, not workers: a worker restarted under any name loses nothing.)
     #[arg(long, env = "IMGFLEET_WORKER_ID")]
     pub worker_id: Option<String>,
 }

@@ -62,6 +62,7 @@ pub fn prepare(path: &Path, file: &ReadFile, format: SniffedFormat, options: Pre
         sha256: file.sha256.clone(),
         path: path_text.clone(),
         paths: vec![path_text],
+        more_paths: 0,
         filename: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         width,
         height,
@@ -118,6 +119,7 @@ mod tests {
                 sha256: "f".repeat(64),
                 path: path.clone(),
                 paths: vec![path],
+                more_paths: 0,
                 filename: "\u{1}".repeat(255),
                 width: u32::MAX,
                 height: u32::MAX,
@@ -136,7 +138,7 @@ mod tests {
             clip_pixels: vec![255; 224 * 224 * 3],
             blip_size: 384,
             blip_pixels: vec![255; 384 * 384 * 3],
-            claim_owner: format!("{}/{}", "w".repeat(200), "0".repeat(16)),
+            claim_token: format!("{}.{}", u64::MAX, "0".repeat(32)),
         };
         // The JSON form (base64 pixels) is the larger of the two; the stage sends the envelope.
         let encoded = encode(&message).len();

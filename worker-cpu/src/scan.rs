@@ -27,7 +27,6 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use walkdir::{DirEntry, WalkDir};
 
-use crate::hash::sha256_hex;
 use crate::sniff::{SNIFF_LEN, has_image_extension, sniff};
 
 /// Candidates found but not yet published; the walk waits when the publisher is this far behind.
@@ -177,11 +176,7 @@ fn sniffs_as_image(path: &Path) -> bool {
     sniff(&head[..filled]).is_some()
 }
 
-/// Message id of the file task for `path` in `job_id`: a replayed scan publishes the same ids,
-/// which the queue drops.
-pub fn file_task_id(job_id: &str, path: &str) -> String {
-    format!("file:{job_id}:{}", &sha256_hex(path.as_bytes())[..32])
-}
+pub use imgfleet_shared::names::file_task_id;
 
 /// The scan stage: consumes `Stream::Scan`, publishes `FileTask`s on `Stream::Files`.
 pub struct Scanner {
@@ -347,7 +342,7 @@ impl Scanner {
         if delivery.deliveries > 1 {
             if request.resumes >= MAX_SCAN_RESUMES {
                 let reason = format!("the scan was interrupted {} times; giving up", request.resumes + 1);
-                self.state.set_job_status(job_id, JobStatus::Failed, Some(reason)).await?;
+                imgfleet_shared::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
                 return Ok(Settle::Ack);
             }
             let unsettled = self.state.unsettled_items(job_id).await?;
@@ -414,7 +409,7 @@ impl Scanner {
                         // The directory itself cannot be walked: the job fails, retrying will not help.
                         let reason = e.to_string();
                         warn!(job_id, error = %reason, "scan failed");
-                        self.state.set_job_status(job_id, JobStatus::Failed, Some(reason)).await?;
+                        imgfleet_shared::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
                         return Ok(Settle::Ack);
                     }
                     Ok(WalkItem::Candidate(path)) => candidates.push(path.to_string_lossy().into_owned()),
@@ -438,8 +433,8 @@ impl Scanner {
             summary.candidates += candidates.len() as u64;
             imgfleet_shared::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(candidates.len() as u64);
             if let Some(job) = self.state.job(job_id).await? {
-                if job.status == JobStatus::Cancelled {
-                    info!(job_id, candidates = summary.candidates, "job cancelled; scan stopped");
+                if job.status.is_final() {
+                    info!(job_id, status = ?job.status, candidates = summary.candidates, "job ended; scan stopped");
                     return Ok(Settle::Ack);
                 }
             }

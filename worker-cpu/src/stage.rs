@@ -2,17 +2,21 @@
 //! claims its content in the dedup store, and either publishes one `PreparedImage` on
 //! `Stream::Prepared`, or records a duplicate, or records a failure with its reason.
 //!
-//! Dedup (per collection): `claim` with a TTL before decoding. `Acquired`: prepare and publish;
-//! the indexer marks the entry done once the vector is stored, so a crash anywhere before that
-//! lets the claim expire and another worker take it (nothing lost), and the point id derives
-//! from the sha256 (nothing stored twice). `Done`: a duplicate; its path goes to the indexer as a
+//! Dedup (per collection): `claim` with a TTL before decoding. The claim belongs to the task
+//! (job + file), not to this worker: when a worker dies, its tasks come back after the queue's
+//! ack wait to any worker, which takes the task's claim back at once, whatever either is
+//! called. `Acquired`: prepare and publish under the claim's token (the attempt); the indexer
+//! marks the entry done once the vector is stored, so a crash anywhere before that never loses
+//! the image, and the point id derives from the sha256 (nothing stored twice). `Done`: a duplicate; its path goes to the indexer as a
 //! `DuplicatePath` on `Stream::Encoded`. `HeldByOther`: the same content is being prepared right
 //! now (two copies in one job): retried after a delay, by then it is done (a duplicate) or its
 //! claim has expired (taken over); after `held_retries` delayed retries the task is published
 //! again under a new id, so however long the wait, it never reaches the queue's `max_deliver`.
 //!
 //! An image is counted as processed by the indexer once its vector is stored, a duplicate by
-//! the indexer once its path is on the stored image; this stage counts failures. Tasks of a cancelled job are acked unprocessed.
+//! the indexer once its path is on the stored image; this stage counts failures. Tasks of a job
+//! that has ended (cancelled, or failed because its collection was deleted) are acked
+//! unprocessed.
 //!
 //! Every delivery is settled: ack once the outcome is recorded or the output published, retry
 //! after a delay on a transient error (queue or state store), terminate an undecodable message.
@@ -27,7 +31,8 @@ use imgfleet_shared::job_status::{JobStatusCache, complete_if_done};
 use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::messages::{self, DuplicatePath, FileTask, PreparedImage};
 use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Claim, Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
+use imgfleet_shared::ports::state::FULL_DISK_PAUSE;
+use imgfleet_shared::ports::{Claim, Delivery, QueueError, Settle, StateError, StateStore, WorkQueue, publish_attempt};
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, CpuStageConfig};
@@ -40,14 +45,23 @@ fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }
 
-/// Message id of the prepared image of `sha256` in `collection`: one per content and collection.
-pub fn prepared_id(collection: &str, sha256: &str) -> String {
-    format!("prep:{collection}:{sha256}")
+/// Message id of the prepared image of `sha256` made under the claim `token`: one per attempt,
+/// so the image prepared again after a release (a cancel, a failure, a cleared cache) is a new
+/// message, never a duplicate of the old one.
+pub fn prepared_id(sha256: &str, token: &str) -> String {
+    format!("prep:{}:{token}", &sha256[..sha256.len().min(16)])
 }
 
-/// Message id of the "extra path" note for `path` in `job_id` (each job counts its own).
-pub fn duplicate_path_id(job_id: &str, collection: &str, sha256: &str, path: &str) -> String {
-    format!("dup:{job_id}:{collection}:{sha256}:{}", &sha256_hex(path.as_bytes())[..32])
+/// Message id of the "extra path" note for `path` in `job_id`, against the done entry `token`
+/// (each job counts its own; a new done entry makes a new note).
+pub fn duplicate_path_id(job_id: &str, path: &str, token: &str) -> String {
+    format!("dup:{job_id}:{}:{token}", &sha256_hex(path.as_bytes())[..32])
+}
+
+/// Claim owner of a task: the job and the file, not the worker, so the task delivered again to
+/// any worker takes its claim back at once; another file with the same content does not.
+pub fn task_owner(job_id: &str, path: &str) -> String {
+    format!("task:{}", &sha256_hex(format!("{job_id}\0{path}").as_bytes())[..24])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +91,7 @@ impl CpuStage {
         Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default() })
     }
 
-    /// This worker's name; its dedup claims are owned by `<name>/<task>`.
+    /// This worker's name, for logs (claims belong to tasks, see [`task_owner`]).
     pub fn owner(&self) -> &str {
         &self.owner
     }
@@ -123,16 +137,24 @@ impl CpuStage {
         }
     }
 
-    /// Processes one delivery and settles it, whatever happens.
+    /// Processes one delivery and settles it, whatever happens. A full disk under the state
+    /// store is waited out (the delivery kept alive), not counted as a failed delivery.
     pub async fn handle(&self, delivery: Delivery) {
         let settle = match messages::decode::<FileTask>(&delivery.payload) {
             Err(e) => Settle::Terminate(format!("undecodable file task: {e}")),
-            Ok(task) => match self.process(&task, delivery.deliveries).await {
-                Ok(settle) => settle,
-                Err(e) => {
-                    let delay = self.config.retry_delay(delivery.deliveries);
-                    warn!(job_id = %task.job_id, path = %task.path, error = %e, delay_ms = delay.as_millis() as u64, "file task will be retried");
-                    Settle::Retry(delay)
+            Ok(task) => loop {
+                match self.process(&task, delivery.deliveries).await {
+                    Ok(settle) => break settle,
+                    Err(Transient::State(e @ StateError::StorageFull(_))) => {
+                        warn!(job_id = %task.job_id, error = %e, pause_secs = FULL_DISK_PAUSE.as_secs(), "disk full; waiting for space");
+                        tokio::time::sleep(FULL_DISK_PAUSE).await;
+                        let _ = delivery.in_progress().await;
+                    }
+                    Err(e) => {
+                        let delay = self.config.retry_delay(delivery.deliveries);
+                        warn!(job_id = %task.job_id, path = %task.path, error = %e, delay_ms = delay.as_millis() as u64, "file task will be retried");
+                        break Settle::Retry(delay);
+                    }
                 }
             },
         };
@@ -140,8 +162,8 @@ impl CpuStage {
     }
 
     async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, Transient> {
-        if self.jobs.is_cancelled(self.state.as_ref(), &task.job_id).await? {
-            debug!(job_id = %task.job_id, path = %task.path, "job cancelled; file skipped");
+        if self.jobs.is_ended(self.state.as_ref(), &task.job_id).await? {
+            debug!(job_id = %task.job_id, path = %task.path, "job has ended; file skipped");
             return Ok(Settle::Ack);
         }
         let path = PathBuf::from(&task.path);
@@ -157,10 +179,9 @@ impl CpuStage {
             Err(failure) => return self.fail(task, failure).await,
         };
         let sha256 = file.sha256.clone();
-        let owner = self.claim_owner(task);
-        let owner = owner.as_str();
-        match self.state.claim(&task.collection, &sha256, owner, self.config.claim_ttl()).await? {
-            Claim::Done { point_id } => self.duplicate(task, &sha256, point_id).await,
+        let owner = task_owner(&task.job_id, &task.path);
+        match self.state.claim(&task.collection, &sha256, &owner, self.config.claim_ttl()).await? {
+            Claim::Done { point_id, token } => self.duplicate(task, &sha256, point_id, token).await,
             Claim::HeldByOther { owner, expires_in } => {
                 if deliveries > self.config.held_retries {
                     // A fresh message starts a fresh delivery count: waiting never dead-letters.
@@ -170,16 +191,16 @@ impl CpuStage {
                     return Ok(Settle::Ack);
                 }
                 let delay = expires_in.min(self.config.held_retry()).max(Duration::from_millis(10));
-                debug!(path = %task.path, sha256, holder = %owner, delay_ms = delay.as_millis() as u64, "content held by another worker");
+                debug!(path = %task.path, sha256, holder = %owner, delay_ms = delay.as_millis() as u64, "content held by another task");
                 Ok(Settle::Retry(delay))
             }
-            Claim::Acquired => {
+            Claim::Acquired { token } => {
                 let options = self.options;
                 let prepared = blocking(move || prepare(&path, &file, format, options)).await;
                 let pixels = match prepared {
                     Ok(pixels) => pixels,
                     Err(failure) => {
-                        self.state.release(&task.collection, &sha256, owner).await?;
+                        self.state.release(&task.collection, &sha256, &token).await?;
                         return self.fail(task, failure).await;
                     }
                 };
@@ -194,18 +215,18 @@ impl CpuStage {
                     clip_pixels: pixels.clip_pixels,
                     blip_size: self.options.blip_size,
                     blip_pixels: pixels.blip_pixels,
-                    claim_owner: owner.to_owned(),
+                    claim_token: token.clone(),
                 };
                 let bytes = messages::encode_prepared(&message);
                 let bound = prepared_message_bound(self.options.clip_size, self.options.blip_size);
                 if bytes.len() > bound {
                     // Unreachable by the bound's construction; failing beats a queue rejection loop.
-                    self.state.release(&task.collection, &sha256, owner).await?;
+                    self.state.release(&task.collection, &sha256, &token).await?;
                     let detail = format!("prepared message is {} bytes, over its bound of {bound}", bytes.len());
                     return self.fail(task, FileFailure::new(FailureKind::TooLarge, detail)).await;
                 }
                 // Counted as processed by the indexer, once its vector is stored.
-                self.queue.publish(Stream::Prepared, &prepared_id(&task.collection, &sha256), bytes).await?;
+                publish_attempt(self.queue.as_ref(), Stream::Prepared, &prepared_id(&sha256, &token), bytes).await?;
                 PIPELINE.images.with_label_values(&["cpu", "prepared"]).inc();
                 debug!(job_id = %task.job_id, path = %task.path, sha256, scale = pixels.scale_denominator, "prepared");
                 Ok(Settle::Ack)
@@ -213,24 +234,19 @@ impl CpuStage {
         }
     }
 
-    /// Claim owner for one task: this worker and the file. A redelivery of the same task takes
-    /// its own claim back; another file with the same content (even in this worker) does not.
-    fn claim_owner(&self, task: &FileTask) -> String {
-        format!("{}/{}", self.owner, &sha256_hex(format!("{}\0{}", task.job_id, task.path).as_bytes())[..16])
-    }
-
-    async fn duplicate(&self, task: &FileTask, sha256: &str, point_id: String) -> Result<Settle, Transient> {
+    async fn duplicate(&self, task: &FileTask, sha256: &str, point_id: String, token: String) -> Result<Settle, Transient> {
+        let id = duplicate_path_id(&task.job_id, &task.path, &token);
         let note = DuplicatePath::new(
             task.job_id.clone(),
             task.collection.clone(),
             sha256.to_owned(),
             point_id,
             task.path.clone(),
+            token,
         );
         // Counted as a duplicate by the indexer, once the path is on the stored image: a
         // completed job then shows every path.
-        let id = duplicate_path_id(&task.job_id, &task.collection, sha256, &task.path);
-        self.queue.publish(Stream::Encoded, &id, messages::encode(&note)).await?;
+        publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&note)).await?;
         PIPELINE.images.with_label_values(&["cpu", "duplicate"]).inc();
         debug!(job_id = %task.job_id, path = %task.path, sha256, "duplicate");
         Ok(Settle::Ack)
@@ -261,11 +277,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn message_ids() {
-        assert_eq!(prepared_id("photos", "ab12"), "prep:photos:ab12");
-        let a = duplicate_path_id("j1", "photos", "ab12", "/x/a.jpg");
-        assert_ne!(a, duplicate_path_id("j1", "photos", "ab12", "/x/b.jpg"));
-        assert_ne!(a, duplicate_path_id("j2", "photos", "ab12", "/x/a.jpg"));
-        assert!(a.starts_with("dup:j1:photos:ab12:"));
+    fn message_ids_name_the_attempt() {
+        let sha = "ab12".repeat(16);
+        assert_eq!(prepared_id(&sha, "0.ff"), "prep:ab12ab12ab12ab12:0.ff");
+        assert_ne!(prepared_id(&sha, "0.ff"), prepared_id(&sha, "0.fe"), "a new claim is a new message");
+        let a = duplicate_path_id("j1", "/x/a.jpg", "0.ff");
+        assert_ne!(a, duplicate_path_id("j1", "/x/b.jpg", "0.ff"));
+        assert_ne!(a, duplicate_path_id("j2", "/x/a.jpg", "0.ff"));
+        assert_ne!(a, duplicate_path_id("j1", "/x/a.jpg", "1.aa"), "a new done entry is a new note");
+        assert!(a.starts_with("dup:j1:"));
+        assert_eq!(task_owner("j", "/a"), task_owner("j", "/a"));
+        assert_ne!(task_owner("j", "/a"), task_owner("k", "/a"));
+        assert_ne!(task_owner("j", "/a"), task_owner("j", "/b"));
     }
 }

@@ -17,12 +17,13 @@ use imgfleet_shared::job_status::{JobStatusCache, complete_if_done};
 use imgfleet_shared::messages::{self, EncodedImage, PreparedImage};
 use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Delivery, Encoder, EncoderError, QueueError, Settle, StateError, StateStore, WorkQueue};
+use imgfleet_shared::ports::{Delivery, Encoder, EncoderError, QueueError, Settle, StateError, StateStore, WorkQueue, publish_attempt};
 use tracing::{debug, info, warn};
 
-/// Message id of the encoded image of `sha256` in `collection`.
-pub fn encoded_id(collection: &str, sha256: &str) -> String {
-    format!("enc:{collection}:{sha256}")
+/// Message id of the encoded image of `sha256` made under the claim `token` (the attempt, as
+/// the prepared image's id).
+pub fn encoded_id(sha256: &str, token: &str) -> String {
+    format!("enc:{}:{token}", &sha256[..sha256.len().min(16)])
 }
 
 #[derive(Debug, Clone)]
@@ -164,14 +165,15 @@ impl EncoderStage {
     }
 
     async fn encode_batch(&self, items: Vec<Item>) {
-        // A cancelled job's images are not encoded: their claims are given back (a later
-        // ingest of the same content takes them at once) and their deliveries acked.
+        // An ended job's images (cancelled, or its collection deleted) are not encoded: their
+        // claims are given back (a later ingest of the same content takes them at once) and
+        // their deliveries acked.
         let mut kept = Vec::with_capacity(items.len());
         for item in items {
-            match self.jobs.is_cancelled(self.state.as_ref(), &item.image.job_id).await {
+            match self.jobs.is_ended(self.state.as_ref(), &item.image.job_id).await {
                 Ok(true) => {
                     let image = &item.image;
-                    if let Err(e) = self.state.release(&image.collection, &image.payload.sha256, &image.claim_owner).await {
+                    if let Err(e) = self.state.release(&image.collection, &image.payload.sha256, &image.claim_token).await {
                         debug!(error = %e, "giving back a cancelled image's claim failed; it expires by itself");
                     }
                     PIPELINE.images.with_label_values(&["encoder", "cancelled"]).inc();
@@ -285,15 +287,16 @@ impl EncoderStage {
         let Item { delivery, image } = item;
         let mut payload = image.payload;
         payload.caption = caption;
+        let id = encoded_id(&payload.sha256, &image.claim_token);
         let encoded = EncodedImage {
             schema_version: SCHEMA_VERSION,
             job_id: image.job_id,
             collection: image.collection,
             payload,
             embedding,
+            claim_token: image.claim_token,
         };
-        let id = encoded_id(&encoded.collection, &encoded.payload.sha256);
-        let how = match self.queue.publish(Stream::Encoded, &id, messages::encode(&encoded)).await {
+        let how = match publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&encoded)).await {
             Ok(_) => {
                 PIPELINE.images.with_label_values(&["encoder", "encoded"]).inc();
                 debug!(job_id = %encoded.job_id, path = %encoded.payload.path, "encoded");
@@ -323,9 +326,7 @@ impl EncoderStage {
 
     async fn fail(&self, image: &PreparedImage, reason: &str) -> Result<(), Transient> {
         info!(job_id = %image.job_id, path = %image.payload.path, reason, "image failed in the encoder stage");
-        if !image.claim_owner.is_empty() {
-            self.state.release(&image.collection, &image.payload.sha256, &image.claim_owner).await?;
-        }
+        self.state.release(&image.collection, &image.payload.sha256, &image.claim_token).await?;
         let outcome = ItemOutcome::Failed { reason: reason.to_owned() };
         if self.state.record_outcome(&image.job_id, &image.payload.path, &outcome).await? {
             PIPELINE.images.with_label_values(&["encoder", "failed"]).inc();
@@ -346,6 +347,6 @@ mod tests {
         assert_eq!(config.retry_delay(1), Duration::from_millis(500));
         assert_eq!(config.retry_delay(3), Duration::from_secs(2));
         assert_eq!(config.retry_delay(30), Duration::from_secs(30));
-        assert_eq!(encoded_id("c", "ab"), "enc:c:ab");
+        assert_eq!(encoded_id("ab", "0.f"), "enc:ab:0.f");
     }
 }

@@ -96,14 +96,22 @@ pub async fn get_collection(State(app): State<AppState>, ApiPath(name): ApiPath<
     Ok(Json(app.vectors.collection(name.as_str()).await?))
 }
 
-/// Deletes a collection and every point in it. Deleting the selected collection selects the
-/// default one again.
+/// Deletes a collection and every point in it. Jobs still writing to it end at once as failed
+/// (their remaining files are skipped); ingesting into a collection made again under the name
+/// stores every image anew. Deleting the selected collection selects the default one again.
 #[utoipa::path(delete, path = "/api/v1/collections/{name}", tag = "collections",
     params(("name" = String, Path, description = "collection name")),
     responses((status = 200, body = CollectionMessage), (status = 404, body = ErrorBody)))]
 pub async fn delete_collection(State(app): State<AppState>, Path(name): Path<String>) -> AppResult<Json<CollectionMessage>> {
     let name = parse_name(&name)?;
+    app.vectors.collection(name.as_str()).await?;
+    let reason = format!("collection {name} was deleted while the job ran");
+    for job in app.state.active_jobs().await?.into_iter().filter(|job| job.collection == name.as_str()) {
+        imgfleet_shared::job_status::fail_job(app.state.as_ref(), &job.job_id, &reason).await?;
+    }
     app.vectors.delete_collection(name.as_str()).await?;
+    // After the points are gone: a done mark written meanwhile is removed, and a later one for a
+    // claim taken before is refused (the clear moves the collection's dedup generation on).
     app.state.clear_dedup(Some(name.as_str())).await?;
     if app.active_collection() == name {
         app.select_collection(app.default_collection.clone()).await?;
@@ -126,7 +134,8 @@ pub async fn select_collection(
 }
 
 /// Forgets every dedup entry: files already ingested will be processed again (their points
-/// are replaced, not duplicated, since point ids derive from content).
+/// are replaced, not duplicated, since point ids derive from content). Running jobs go on;
+/// images they store from then on get no done mark until ingested again.
 #[utoipa::path(post, path = "/api/v1/collections/cache/clear", tag = "collections",
     responses((status = 200, body = CacheCleared)))]
 pub async fn clear_cache(State(app): State<AppState>) -> AppResult<Json<CacheCleared>> {

@@ -215,7 +215,7 @@ pub async fn start_ingest(State(app): State<AppState>, ApiJson(body): ApiJson<In
     let request = ScanRequest::new(job_id.clone(), collection.as_str().to_owned(), directory_path.clone());
     if let Err(e) = queue.publish(Stream::Scan, &job_id, messages::encode(&request)).await {
         let reason = format!("the scan request could not be queued: {e}");
-        let _ = app.state.set_job_status(&job_id, JobStatus::Failed, Some(reason.clone())).await;
+        let _ = imgfleet_shared::job_status::fail_job(app.state.as_ref(), &job_id, &reason).await;
         return Err(AppError::unavailable(reason));
     }
     tracing::info!(job_id, collection = %collection, directory = %directory_path, "ingest job queued");
@@ -283,25 +283,30 @@ pub async fn list_jobs(State(app): State<AppState>, ApiQuery(params): ApiQuery<J
     Ok(Json(JobList { jobs }))
 }
 
-/// Cancels a queued or running job: the scan stops and files not yet prepared are skipped
-/// (images already on their way to the models are still stored and counted).
+/// Cancels a queued or running job: the scan stops, and files and images not yet stored are
+/// skipped, their dedup claims given back (ingesting the folder again takes them at once). A
+/// job that has ended — even a moment before — answers 409 `job_finished`.
 #[utoipa::path(delete, path = "/api/v1/ingest/{job_id}", tag = "ingest", params(("job_id" = String, Path)),
     responses((status = 200, body = JobView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel_job(State(app): State<AppState>, Path(job_id): Path<String>) -> AppResult<Json<JobView>> {
     let before = app.state.job(&job_id).await?.ok_or_else(|| AppError::not_found(format!("job {job_id:?} not found")))?;
     if before.status.is_final() {
-        return Err(AppError::new(
-            StatusCode::CONFLICT,
-            "job_finished",
-            format!("job {job_id} has already ended ({})", serde_json::to_value(before.status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
-        ));
+        return Err(job_finished(&job_id, before.status));
     }
     let job = app.state.set_job_status(&job_id, JobStatus::Cancelled, Some("cancelled by request".into())).await?;
-    if job.status == JobStatus::Cancelled {
-        PIPELINE.jobs_finished.with_label_values(&["cancelled"]).inc();
-        tracing::info!(job_id, "job cancelled");
+    if job.status != JobStatus::Cancelled {
+        // It ended (completed, failed) between the read and the cancel: the cancel did nothing.
+        return Err(job_finished(&job_id, job.status));
     }
+    PIPELINE.jobs_finished.with_label_values(&["cancelled"]).inc();
+    tracing::info!(job_id, "job cancelled");
     Ok(Json(JobView::of(job, Utc::now())))
+}
+
+/// 409 `job_finished`: the job ended (as `status`) before it could be cancelled.
+fn job_finished(job_id: &str, status: JobStatus) -> AppError {
+    let status = serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    AppError::new(StatusCode::CONFLICT, "job_finished", format!("job {job_id} has already ended ({status})"))
 }
 
 #[cfg(test)]

@@ -51,11 +51,39 @@ pub struct EdgeVectorStore {
 }
 
 /// Engine settings for collections this store creates.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EdgeStoreOptions {
     /// Segments holding more vector data than this (KB) get an HNSW index when optimised;
     /// `None`: the engine's default (about 10,000 vectors of 512 floats).
     pub indexing_threshold_kb: Option<usize>,
+    /// Writes (and index optimisation) are refused with [`VectorError::StorageFull`] while the
+    /// file system holding the store has less free space than this. The engine writes through
+    /// memory maps, where running out of disk is a crash (SIGBUS), not an error.
+    pub min_free_bytes: u64,
+}
+
+/// Free space below which the embedded store stops writing, unless configured otherwise.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 * 1024 * 1024;
+
+impl Default for EdgeStoreOptions {
+    fn default() -> Self {
+        Self { indexing_threshold_kb: None, min_free_bytes: DEFAULT_MIN_FREE_BYTES }
+    }
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid C string and `stats` a valid place for statvfs to write.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `stats`.
+    let stats = unsafe { stats.assume_init() };
+    Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
 }
 
 /// What one collection's shard reports.
@@ -67,8 +95,14 @@ pub struct ShardStats {
     pub indexed_vectors: usize,
 }
 
+/// An engine error as the port's: a full disk is `StorageFull`, anything else `Internal`.
 fn internal(e: impl std::fmt::Display) -> VectorError {
-    VectorError::Internal(e.to_string())
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("os error 28") {
+        VectorError::StorageFull(text)
+    } else {
+        VectorError::Internal(text)
+    }
 }
 
 fn edge_distance(d: Distance) -> qdrant_edge::Distance {
@@ -165,12 +199,33 @@ impl EdgeVectorStore {
             if !path.is_dir() || CollectionName::parse(&name).is_err() {
                 continue;
             }
-            let collection = open_when_free(&path, &name)?;
-            collections.insert(name, Arc::new(collection));
+            match open_or_set_aside(data_dir, &path, &name)? {
+                Some(collection) => {
+                    collections.insert(name, Arc::new(collection));
+                }
+                None => continue,
+            }
         }
         let store = Arc::new(Self { root, options, collections: RwLock::new(collections) });
         spawn_optimizer(Arc::downgrade(&store));
         Ok(store)
+    }
+
+    /// `StorageFull` while the store's file system is under its free-space watermark.
+    fn check_space(&self) -> Result<(), VectorError> {
+        if self.options.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let free = free_bytes(&self.root).map_err(|e| VectorError::Unavailable(format!("cannot read free space of {}: {e}", self.root.display())))?;
+        if free < self.options.min_free_bytes {
+            return Err(VectorError::StorageFull(format!(
+                "{} MiB free under {}, below the {} MiB the vector store keeps free (--min-free-disk)",
+                free >> 20,
+                self.root.display(),
+                self.options.min_free_bytes >> 20
+            )));
+        }
+        Ok(())
     }
 
     fn get_collection(&self, name: &str) -> Result<Arc<Collection>, VectorError> {
@@ -200,6 +255,10 @@ impl EdgeVectorStore {
     /// Builds HNSW and payload indexes for collections written to since their last
     /// optimisation. Blocking.
     pub fn optimize_dirty(&self) {
+        if let Err(e) = self.check_space() {
+            tracing::warn!(error = %e, "index optimisation waits for free space");
+            return;
+        }
         let dirty: Vec<Arc<Collection>> = self
             .collections
             .read()
@@ -215,6 +274,39 @@ impl EdgeVectorStore {
             }
         }
     }
+}
+
+/// Opens a collection found at start. One that cannot be read (damaged files, a panic in the
+/// engine) is logged and moved to `<data dir>/damaged/<name>-<time>`, so the server starts and
+/// the other collections work; `None` then. Another process holding it is still an error.
+fn open_or_set_aside(data_dir: &Path, path: &Path, name: &str) -> Result<Option<Collection>, VectorError> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_when_free(path, name)));
+    let error = match opened {
+        Ok(Ok(collection)) => return Ok(Some(collection)),
+        Ok(Err(VectorError::Unavailable(message))) if message.contains("WouldBlock") => {
+            return Err(VectorError::Unavailable(format!(
+                "collection {name:?} is open in another process ({message}); a data directory belongs to one process"
+            )));
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "the engine panicked".into()),
+    };
+    let aside = data_dir.join("damaged").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+    let moved = std::fs::create_dir_all(aside.parent().expect("has a parent")).and_then(|()| std::fs::rename(path, &aside));
+    match moved {
+        Ok(()) => tracing::error!(collection = name, error, moved_to = %aside.display(), "a collection cannot be opened; it was set aside"),
+        Err(e) => {
+            return Err(VectorError::Unavailable(format!(
+                "collection {name:?} cannot be opened ({error}) nor moved aside to {}: {e}",
+                aside.display()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// How long opening waits for a shard's lock to be given back.
@@ -384,6 +476,7 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn create_collection(&self, spec: &CollectionSpec) -> Result<(), VectorError> {
+        self.check_space()?;
         let name = spec.name.as_str().to_owned();
         if self.collections.read().expect("collections lock").contains_key(&name) {
             return Err(VectorError::CollectionExists(name));
@@ -477,6 +570,7 @@ impl VectorStore for EdgeVectorStore {
         if points.is_empty() {
             return Ok(());
         }
+        self.check_space()?;
         self.with(collection, move |c| {
             let mut batch = Vec::with_capacity(points.len());
             for p in points {
@@ -494,6 +588,7 @@ impl VectorStore for EdgeVectorStore {
     }
 
     async fn set_payload(&self, collection: &str, id: Uuid, payload: Map<String, Value>) -> Result<(), VectorError> {
+        self.check_space()?;
         self.with(collection, move |c| {
             let exists = !c.shard.retrieve(&[PointId::Uuid(id)], Some(WithPayloadInterface::Bool(false)), None).map_err(internal)?.is_empty();
             if !exists {

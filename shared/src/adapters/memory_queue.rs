@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::names::Stream;
 use crate::ports::queue::{
-    DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue,
+    DeadLetter, Delivery, GivenUpHook, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue,
 };
 
 /// std's mutex under a short name: every critical section here is a few field updates.
@@ -56,6 +56,7 @@ impl Default for MemoryQueueConfig {
 
 pub struct MemoryQueue {
     streams: HashMap<Stream, Arc<StreamState>>,
+    given_up: Arc<std::sync::RwLock<Option<GivenUpHook>>>,
 }
 
 struct StreamState {
@@ -112,7 +113,13 @@ impl MemoryQueue {
                 (stream, Arc::new(state))
             })
             .collect();
-        Self { streams }
+        Self { streams, given_up: Arc::new(std::sync::RwLock::new(None)) }
+    }
+
+    /// Sets what is done with a message given up on after `max_deliver` deliveries, before it
+    /// is dead-lettered (see [`GivenUpHook`]): the pipeline counts its file as failed there.
+    pub fn on_given_up(&self, hook: GivenUpHook) {
+        *self.given_up.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     fn stream(&self, stream: Stream) -> &Arc<StreamState> {
@@ -165,12 +172,14 @@ impl Inner {
 }
 
 impl StreamState {
-    fn take(self: &Arc<Self>, max: usize) -> (Vec<Delivery>, Option<Instant>, bool) {
+    /// Deliveries, when to look again, whether room was freed, and the messages given up on.
+    fn take(self: &Arc<Self>, max: usize) -> (Vec<Delivery>, Option<Instant>, bool, Vec<(Vec<u8>, String)>) {
         let now = Instant::now();
         let mut inner = self.inner.lock();
         inner.reclaim_expired(now);
         let mut out = Vec::new();
         let mut freed = false;
+        let mut given_up = Vec::new();
         let mut i = 0;
         while out.len() < max && i < inner.ready.len() {
             if inner.ready[i].not_before.is_some_and(|t| t > now) {
@@ -180,12 +189,9 @@ impl StreamState {
             let mut message = inner.ready.remove(i).expect("index in range");
             message.deliveries += 1;
             if message.deliveries > self.config.max_deliver {
-                let letter = DeadLetter {
-                    stream: self.stream,
-                    message_id: message.id,
-                    deliveries: message.deliveries - 1,
-                    reason: format!("not settled after {} deliveries", self.config.max_deliver),
-                };
+                let reason = format!("not settled after {} deliveries", self.config.max_deliver);
+                given_up.push((message.payload, reason.clone()));
+                let letter = DeadLetter { stream: self.stream, message_id: message.id, deliveries: message.deliveries - 1, reason };
                 inner.dead_letter(letter, self.config.dead_letter_capacity);
                 freed = true;
                 continue;
@@ -203,7 +209,7 @@ impl StreamState {
             inner.in_flight.insert(token, (message, now + self.config.ack_wait));
             out.push(delivery);
         }
-        (out, inner.next_event(), freed)
+        (out, inner.next_event(), freed, given_up)
     }
 }
 
@@ -254,6 +260,30 @@ impl Settler for MemorySettler {
     }
 }
 
+impl MemoryQueue {
+    /// Hands messages given up on to the hook, off the fetching task (the hook writes state).
+    fn account_given_up(&self, stream: Stream, messages: Vec<(Vec<u8>, String)>) {
+        let Some(hook) = self.given_up.read().unwrap_or_else(|p| p.into_inner()).clone() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        for (payload, reason) in messages {
+            let hook = hook.clone();
+            runtime.spawn(async move {
+                let mut delay = Duration::from_millis(500);
+                for attempt in 1..=8 {
+                    match hook(stream, payload.clone(), reason.clone()).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(stream = stream.label(), attempt, "accounting for a given-up message failed: {e}");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl WorkQueue for MemoryQueue {
     async fn publish(&self, stream: Stream, message_id: &str, payload: Vec<u8>) -> Result<PublishAck, QueueError> {
@@ -294,9 +324,12 @@ impl WorkQueue for MemoryQueue {
         loop {
             let mut readable = pin!(state.readable.notified());
             readable.as_mut().enable();
-            let (deliveries, next_event, freed) = state.take(max.max(1));
+            let (deliveries, next_event, freed, given_up) = state.take(max.max(1));
             if freed {
                 state.writable.notify_waiters();
+            }
+            if !given_up.is_empty() {
+                self.account_given_up(stream, given_up);
             }
             let now = Instant::now();
             if !deliveries.is_empty() || now >= give_up {

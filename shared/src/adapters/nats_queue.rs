@@ -202,12 +202,7 @@ struct Shared {
     given_up: RwLock<Option<GivenUpHook>>,
 }
 
-/// Called with a message the server gave up on (never settled in `max_deliver` deliveries:
-/// its workers died on it), before it is deleted: the pipeline accounts for its image there.
-/// An error keeps the message in the work stream for a later look.
-pub type GivenUpHook = Arc<
-    dyn Fn(Stream, Vec<u8>, String) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
->;
+pub use crate::ports::GivenUpHook;
 
 pub struct NatsQueue {
     shared: Arc<Shared>,

@@ -201,6 +201,9 @@ pub mod grpc_code {
 pub fn status_error(code: i32, message: &str, collection: Option<&str>) -> VectorError {
     use grpc_code::*;
     let lower = message.to_ascii_lowercase();
+    if lower.contains("no space left on device") {
+        return VectorError::StorageFull(message.to_owned());
+    }
     match code {
         NOT_FOUND if lower.contains("no point") || lower.contains("point with id") => VectorError::Invalid(message.to_owned()),
         NOT_FOUND => match collection {

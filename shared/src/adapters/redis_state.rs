@@ -9,15 +9,19 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{p}dedup:<collection>:<sha256>` | string | `c:<owner>` with a TTL (`PX`): a live claim; `d:<point id>`, no TTL: done |
+//! | `{p}dedup:<collection>:<sha256>` | string | `c:<token>:<owner>` with a TTL (`PX`): a live claim; `d:<token>:<point id>`, no TTL: done |
+//! | `{p}gen`, `{p}gen:<collection>` | string | dedup generations (all collections, one); a collection's is their sum |
 //! | `{p}job:<id>` | hash | `base` (the record as created, JSON), `status`, `scan_complete`, `error`, `started_at`, `finished_at`, and the counters `discovered`, `processed`, `duplicates`, `failed` |
 //! | `{p}job:<id>:items` | hash | item → flags: `1` discovered, `3` settled (and discovered) |
 //! | `{p}job:<id>:log` | list | log lines, oldest first, trimmed to the newest [`MAX_JOB_LOG_LINES`] |
 //! | `{p}jobs` | sorted set | job ids scored by creation time (ms), for newest-first listing |
+//! | `{p}jobs:active` | set | ids of jobs not ended yet |
+//! | `{p}jobs:finished` | sorted set | ids of ended jobs scored by when they ended (ms), for the purge |
 //! | `{p}active_collection` | string | the active collection |
 //!
-//! A job's keys share the `{p}job:<id>` stem, so they expire or go together
-//! ([`RedisStateStore::expire_job`]). Nothing here blocks Redis for long: whole-keyspace work
+//! A job's keys share the `{p}job:<id>` stem and go together ([`StateStore::purge_finished_jobs`]).
+//! A job record whose stored form cannot be read is logged, renamed to `{p}damaged:job:<id>` and
+//! left out. Nothing here blocks Redis for long: whole-keyspace work
 //! (`clear_dedup`, `void_claims`) walks with `SCAN` and deletes in batches, `UNLINK` freeing
 //! in the background; `unsettled_items` walks one job's items with `HSCAN`; no `KEYS`.
 //!
@@ -44,7 +48,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
 
 use crate::domain::{ItemOutcome, JobCounts, JobRecord, JobStatus, now_rfc3339};
-use crate::ports::state::{Claim, DedupEntry, MAX_JOB_LOG_LINES, StateError, StateStore};
+use crate::ports::state::{Claim, DedupEntry, MAX_JOB_LOG_LINES, StateError, StateStore, clip_log_line, token_generation};
 
 /// Prefix of every key unless configured otherwise.
 pub const DEFAULT_PREFIX: &str = "imgfleet:";
@@ -88,33 +92,60 @@ impl std::fmt::Debug for RedisStateStore {
 // ---------------------------------------------------------------------------------------------
 // Lua scripts
 
-/// Dedup entry values: a live claim (`c:` + owner, with a TTL) or a final entry (`d:` + point).
+/// Dedup entry values: a live claim (`c:<token>:<owner>`, with a TTL) or a final entry
+/// (`d:<token>:<point>`). Tokens (`<generation>.<hex>`) hold no `:`.
+/// KEYS: entry, global generation, collection generation. ARGV: owner, ttl ms, random hex.
+/// Returns {kind, value, token, ttl}.
 const CLAIM_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v then
-  if string.sub(v, 1, 2) == 'd:' then return {'D', string.sub(v, 3), 0} end
-  local holder = string.sub(v, 3)
-  if holder ~= ARGV[1] then
+  local kind = string.sub(v, 1, 2)
+  local rest = string.sub(v, 3)
+  local sep = string.find(rest, ':', 1, true)
+  local token, value = '', rest
+  if sep then token = string.sub(rest, 1, sep - 1); value = string.sub(rest, sep + 1) end
+  if kind == 'd:' then return {'D', value, token, 0} end
+  if value ~= ARGV[1] then
     local ttl = redis.call('PTTL', KEYS[1])
     if ttl < 0 then ttl = 0 end
-    return {'H', holder, ttl}
+    return {'H', value, '', ttl}
+  end
+  if token ~= '' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {'A', '', token, 0}
   end
 end
-redis.call('SET', KEYS[1], 'c:' .. ARGV[1], 'PX', ARGV[2])
-return {'A', '', 0}
+local gen = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) + (tonumber(redis.call('GET', KEYS[3]) or '0') or 0)
+local token = string.format('%d', gen) .. '.' .. ARGV[3]
+redis.call('SET', KEYS[1], 'c:' .. token .. ':' .. ARGV[1], 'PX', ARGV[2])
+return {'A', '', token, 0}
 ";
 
 const DEDUP_ENTRY_LUA: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return {'N', '', 0} end
-if string.sub(v, 1, 2) == 'd:' then return {'D', string.sub(v, 3), 0} end
+local rest = string.sub(v, 3)
+local sep = string.find(rest, ':', 1, true)
+if sep then rest = string.sub(rest, sep + 1) end
+if string.sub(v, 1, 2) == 'd:' then return {'D', rest, 0} end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then ttl = 0 end
-return {'C', string.sub(v, 3), ttl}
+return {'C', rest, ttl}
 ";
 
-const RELEASE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == 'c:' .. ARGV[1] then
+/// KEYS: entry, global generation, collection generation. ARGV: the token's generation, the
+/// done value. Writes only while the generation is still the token's.
+const MARK_DONE_LUA: &str = r"
+local gen = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) + (tonumber(redis.call('GET', KEYS[3]) or '0') or 0)
+if string.format('%d', gen) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+";
+
+/// Deletes KEYS[1] when its value starts with ARGV[1] (a claim or done entry of one token).
+const DELETE_IF_PREFIX_LUA: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -146,9 +177,14 @@ end
 local function snapshot(job, log)
   return {1, redis.call('HGETALL', job), redis.call('LRANGE', log, 0, -1)}
 end
+local function ended(active, finished, id, now_ms)
+  redis.call('SREM', active, id)
+  redis.call('ZADD', finished, now_ms, id)
+end
 ";
 
-/// KEYS: job, log, items, jobs index. ARGV: job id, score, n, n field/value pairs, log lines.
+/// KEYS: job, log, items, jobs index, active set. ARGV: job id, score, n, n field/value
+/// pairs, log lines.
 const CREATE_JOB_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('UNLINK', KEYS[2], KEYS[3])
@@ -158,6 +194,7 @@ for i = 4, 3 + 2 * n do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 for i = 4 + 2 * n, #ARGV do push_log(KEYS[2], ARGV[i]) end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+if not FINAL[redis.call('HGET', KEYS[1], 'status')] then redis.call('SADD', KEYS[5], ARGV[1]) end
 return 1
 ";
 
@@ -174,7 +211,8 @@ end
 return out
 ";
 
-/// KEYS: job, log. ARGV: status, now, has error ('1'/'0'), error.
+/// KEYS: job, log, active set, finished index. ARGV: status, now, has error ('1'/'0'),
+/// error, job id, now (ms), the error's log line.
 const SET_STATUS_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}, {}} end
 local cur = redis.call('HGET', KEYS[1], 'status')
@@ -184,9 +222,12 @@ if not FINAL[cur] and cur ~= target then
   if target == RUNNING and redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then
     redis.call('HSET', KEYS[1], 'started_at', ARGV[2])
   end
-  if FINAL[target] then redis.call('HSET', KEYS[1], 'finished_at', ARGV[2]) end
+  if FINAL[target] then
+    redis.call('HSET', KEYS[1], 'finished_at', ARGV[2])
+    ended(KEYS[3], KEYS[4], ARGV[5], ARGV[6])
+  end
   if ARGV[3] == '1' then
-    push_log(KEYS[2], 'error: ' .. ARGV[4])
+    push_log(KEYS[2], ARGV[7])
     redis.call('HSET', KEYS[1], 'error', ARGV[4])
   end
 end
@@ -230,8 +271,8 @@ redis.call('HSET', KEYS[1], 'scan_complete', '1')
 return 1
 ";
 
-/// KEYS: job, log. ARGV: now. Returns {-1} (no job), {0} (not done, or completed before), or
-/// the snapshot of the job this call completed.
+/// KEYS: job, log, active set, finished index. ARGV: now, job id, now (ms). Returns {-1} (no
+/// job), {0} (not done, or completed before), or the snapshot of the job this call completed.
 const COMPLETE_IF_DONE_LUA: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, {}, {}} end
 local v = redis.call('HMGET', KEYS[1], 'status', 'scan_complete', 'discovered', 'processed', 'duplicates', 'failed')
@@ -239,13 +280,15 @@ if FINAL[v[1]] or v[2] ~= '1' then return {0, {}, {}} end
 local settled = (tonumber(v[4]) or 0) + (tonumber(v[5]) or 0) + (tonumber(v[6]) or 0)
 if settled < (tonumber(v[3]) or 0) then return {0, {}, {}} end
 redis.call('HSET', KEYS[1], 'status', COMPLETED, 'finished_at', ARGV[1])
+ended(KEYS[3], KEYS[4], ARGV[2], ARGV[3])
 return snapshot(KEYS[1], KEYS[2])
 ";
 
 struct Scripts {
     claim: Script,
     dedup_entry: Script,
-    release: Script,
+    mark_done: Script,
+    delete_if_prefix: Script,
     void_claims: Script,
     create_job: Script,
     load_jobs: Script,
@@ -277,7 +320,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
     Scripts {
         claim: Script::new(CLAIM_LUA),
         dedup_entry: Script::new(DEDUP_ENTRY_LUA),
-        release: Script::new(RELEASE_LUA),
+        mark_done: Script::new(MARK_DONE_LUA),
+        delete_if_prefix: Script::new(DELETE_IF_PREFIX_LUA),
         void_claims: Script::new(VOID_CLAIMS_LUA),
         create_job: job(CREATE_JOB_LUA),
         load_jobs: job(LOAD_JOBS_LUA),
@@ -330,7 +374,12 @@ fn redis_error(e: RedisError) -> StateError {
         || e.is_timeout()
         || matches!(e.retry_method(), RetryMethod::Reconnect | RetryMethod::WaitAndRetry)
         || matches!(e.kind(), ErrorKind::Server(ServerErrorKind::ReadOnly));
-    if transient { StateError::Unavailable(format!("redis: {e}")) } else { StateError::Internal(format!("redis: {e}")) }
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("MISCONF") || text.contains("OOM command not allowed") {
+        // Redis cannot persist (its disk is full) or is out of memory: writes fail until fixed.
+        return StateError::StorageFull(format!("redis: {text}"));
+    }
+    if transient { StateError::Unavailable(format!("redis: {text}")) } else { StateError::Internal(format!("redis: {text}")) }
 }
 
 /// A key component: unchanged when made of `[A-Za-z0-9_.-]` (collection names, UUIDs),
@@ -499,61 +548,6 @@ impl RedisStateStore {
         }
     }
 
-    /// Lets all of a job's keys (record, item flags, log) expire in `ttl` (e.g. some days after
-    /// it finished); it then disappears from `job` and `list_jobs`. Returns whether the job
-    /// existed. Its entry in the jobs index is removed by [`Self::prune_job_index`].
-    pub async fn expire_job(&self, job_id: &str, ttl: Duration) -> Result<bool, StateError> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS);
-        let mut con = self.con.clone();
-        let (job, _, _): (i64, i64, i64) = self
-            .call(
-                redis::pipe()
-                    .atomic()
-                    .pexpire(self.job_key(job_id), ms as i64)
-                    .pexpire(self.items_key(job_id), ms as i64)
-                    .pexpire(self.log_key(job_id), ms as i64)
-                    .query_async(&mut con),
-            )
-            .await?;
-        Ok(job == 1)
-    }
-
-    /// Drops the jobs index entries whose job keys are gone (expired or deleted), walking the
-    /// index a batch at a time. Returns how many.
-    pub async fn prune_job_index(&self) -> Result<u64, StateError> {
-        let mut pruned = 0u64;
-        let mut cursor = 0u64;
-        loop {
-            let mut con = self.con.clone();
-            let (next, pairs): (u64, Vec<String>) = self
-                .call(
-                    redis::cmd("ZSCAN")
-                        .arg(self.jobs_key())
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(SCAN_BATCH)
-                        .query_async(&mut con),
-                )
-                .await?;
-            let ids: Vec<String> = pairs.into_iter().step_by(2).collect();
-            if !ids.is_empty() {
-                let mut pipe = redis::pipe();
-                for id in &ids {
-                    pipe.exists(self.job_key(id));
-                }
-                let exists: Vec<bool> = self.call(pipe.query_async(&mut con)).await?;
-                let gone: Vec<&String> = ids.iter().zip(exists).filter(|(_, e)| !e).map(|(id, _)| id).collect();
-                if !gone.is_empty() {
-                    pruned += self.call(redis::cmd("ZREM").arg(self.jobs_key()).arg(gone).query_async::<u64>(&mut con)).await?;
-                }
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(pruned);
-            }
-        }
-    }
-
     /// One `SCAN` step over the keys matching `pattern`.
     async fn scan_step(&self, pattern: &str, cursor: u64) -> Result<(u64, Vec<Vec<u8>>), StateError> {
         let mut con = self.con.clone();
@@ -582,6 +576,29 @@ impl RedisStateStore {
 
     fn dedup_key(&self, collection: &str, sha256: &str) -> String {
         format!("{}dedup:{}:{}", self.prefix, component(collection), sha256)
+    }
+
+    /// The global dedup generation and the collection's (a generation key holds a counter).
+    fn generation_keys(&self, collection: &str) -> [String; 2] {
+        [format!("{}gen", self.prefix), format!("{}gen:{}", self.prefix, component(collection))]
+    }
+
+    fn active_key(&self) -> String {
+        format!("{}jobs:active", self.prefix)
+    }
+
+    fn finished_key(&self) -> String {
+        format!("{}jobs:finished", self.prefix)
+    }
+
+    /// Deletes the dedup entry of `collection`/`sha256` if it starts with `prefix` (one
+    /// token's claim or done entry). Returns whether it did.
+    async fn delete_entry_if(&self, collection: &str, sha256: &str, prefix: String) -> Result<bool, StateError> {
+        let mut con = self.con.clone();
+        let deleted: i64 = self
+            .call(SCRIPTS.delete_if_prefix.key(self.dedup_key(collection, sha256)).arg(prefix).invoke_async(&mut con))
+            .await?;
+        Ok(deleted == 1)
     }
 
     fn job_key(&self, job_id: &str) -> String {
@@ -618,12 +635,26 @@ impl RedisStateStore {
         if snapshots.len() != ids.len() {
             return Err(internal(format!("redis returned {} jobs for {} ids", snapshots.len(), ids.len())));
         }
-        ids.iter()
-            .zip(snapshots)
-            .map(|(id, (found, fields, logs))| {
-                if found == 1 { job_from_snapshot(id, fields, logs).map(Some) } else { Ok(None) }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, (found, fields, logs)) in ids.iter().zip(snapshots) {
+            if found != 1 {
+                out.push(None);
+                continue;
+            }
+            match job_from_snapshot(id, fields, logs) {
+                Ok(job) => out.push(Some(job)),
+                Err(e) => {
+                    // Set aside, so it fails nothing else; kept for whoever wants to look.
+                    tracing::error!(job_id = %id, error = %e, "a job record cannot be read; it is set aside");
+                    let mut con = self.con.clone();
+                    let damaged = format!("{}damaged:job:{}", self.prefix, component(id));
+                    let _ = self.call(redis::cmd("RENAME").arg(self.job_key(id)).arg(damaged).query_async::<()>(&mut con)).await;
+                    let _ = self.call(redis::cmd("SREM").arg(self.active_key()).arg(id).query_async::<i64>(&mut con)).await;
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn not_found_if_missing(job_id: &str, code: i64) -> Result<i64, StateError> {
@@ -640,48 +671,58 @@ impl StateStore for RedisStateStore {
     async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError> {
         // PX wants 1 ms at least and refuses what overflows the server clock.
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS);
+        let [all, own] = self.generation_keys(collection);
         let mut con = self.con.clone();
-        let (kind, value, ms): (String, String, i64) = self
+        let (kind, value, token, ms): (String, String, String, i64) = self
             .call(
                 SCRIPTS
                     .claim
                     .key(self.dedup_key(collection, sha256))
+                    .key(all)
+                    .key(own)
                     .arg(owner)
                     .arg(ttl_ms)
+                    .arg(uuid::Uuid::new_v4().simple().to_string())
                     .invoke_async(&mut con),
             )
             .await?;
         match kind.as_str() {
-            "A" => Ok(Claim::Acquired),
-            "D" => Ok(Claim::Done { point_id: value }),
+            "A" => Ok(Claim::Acquired { token }),
+            "D" => Ok(Claim::Done { point_id: value, token }),
             "H" => Ok(Claim::HeldByOther { owner: value, expires_in: Duration::from_millis(ms.max(0) as u64) }),
             other => Err(internal(format!("unexpected claim reply {other:?}"))),
         }
     }
 
-    async fn mark_done(&self, collection: &str, sha256: &str, point_id: &str) -> Result<(), StateError> {
+    async fn mark_done(&self, collection: &str, sha256: &str, point_id: &str, token: &str) -> Result<bool, StateError> {
+        let Some(generation) = token_generation(token) else { return Ok(false) };
+        let [all, own] = self.generation_keys(collection);
         let mut con = self.con.clone();
         // A plain SET also drops the claim's TTL: done is final.
-        self.call(
-            redis::cmd("SET")
-                .arg(self.dedup_key(collection, sha256))
-                .arg(format!("d:{point_id}"))
-                .query_async::<()>(&mut con),
-        )
-        .await
+        let written: i64 = self
+            .call(
+                SCRIPTS
+                    .mark_done
+                    .key(self.dedup_key(collection, sha256))
+                    .key(all)
+                    .key(own)
+                    .arg(generation.to_string())
+                    .arg(format!("d:{token}:{point_id}"))
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Ok(written == 1)
     }
 
-    async fn release(&self, collection: &str, sha256: &str, owner: &str) -> Result<(), StateError> {
-        let mut con = self.con.clone();
-        self.call(
-            SCRIPTS
-                .release
-                .key(self.dedup_key(collection, sha256))
-                .arg(owner)
-                .invoke_async::<i64>(&mut con),
-        )
-        .await
-        .map(|_| ())
+    async fn release(&self, collection: &str, sha256: &str, token: &str) -> Result<(), StateError> {
+        if token.is_empty() {
+            return Ok(());
+        }
+        self.delete_entry_if(collection, sha256, format!("c:{token}:")).await.map(drop)
+    }
+
+    async fn forget_done(&self, collection: &str, sha256: &str, token: &str) -> Result<bool, StateError> {
+        self.delete_entry_if(collection, sha256, format!("d:{token}:")).await
     }
 
     async fn dedup_entry(&self, collection: &str, sha256: &str) -> Result<Option<DedupEntry>, StateError> {
@@ -698,6 +739,10 @@ impl StateStore for RedisStateStore {
     }
 
     async fn clear_dedup(&self, collection: Option<&str>) -> Result<u64, StateError> {
+        // The generation first: a done mark racing with the walk below is refused.
+        let [all, own] = self.generation_keys(collection.unwrap_or(""));
+        let mut con = self.con.clone();
+        self.call(redis::cmd("INCR").arg(if collection.is_some() { own } else { all }).query_async::<i64>(&mut con)).await?;
         let pattern = match collection {
             Some(c) => format!("{}dedup:{}:*", glob_escape(&self.prefix), glob_escape(&component(c))),
             None => format!("{}dedup:*", glob_escape(&self.prefix)),
@@ -742,6 +787,7 @@ impl StateStore for RedisStateStore {
             .key(self.log_key(id))
             .key(self.items_key(id))
             .key(self.jobs_key())
+            .key(self.active_key())
             .arg(id)
             .arg(score_of(&job.created_at))
             .arg(fields.len());
@@ -750,7 +796,7 @@ impl StateStore for RedisStateStore {
         }
         let skip = job.logs.len().saturating_sub(MAX_JOB_LOG_LINES);
         for line in &job.logs[skip..] {
-            inv.arg(line);
+            inv.arg(clip_log_line(line));
         }
         let mut con = self.con.clone();
         let created: i64 = self.call(inv.invoke_async(&mut con)).await?;
@@ -770,8 +816,49 @@ impl StateStore for RedisStateStore {
         let ids: Vec<String> = self
             .call(redis::cmd("ZREVRANGE").arg(self.jobs_key()).arg(0).arg(last).query_async(&mut con))
             .await?;
-        // A job whose keys were expired or deleted is skipped.
+        // A job whose keys were purged is skipped.
         Ok(self.load_jobs(&ids).await?.into_iter().flatten().collect())
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        let mut con = self.con.clone();
+        let ids: Vec<String> = self.call(redis::cmd("SMEMBERS").arg(self.active_key()).query_async(&mut con)).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(SCAN_BATCH) {
+            out.extend(self.load_jobs(chunk).await?.into_iter().flatten().filter(|job| !job.status.is_final()));
+        }
+        Ok(out)
+    }
+
+    async fn purge_finished_jobs(&self, older_than: Duration) -> Result<u64, StateError> {
+        let cutoff = (chrono::Utc::now().timestamp_millis() - older_than.as_millis().min(i64::MAX as u128) as i64).max(0);
+        let mut purged = 0u64;
+        loop {
+            let mut con = self.con.clone();
+            let ids: Vec<String> = self
+                .call(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.finished_key())
+                        .arg("-inf")
+                        .arg(cutoff)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(SCAN_BATCH)
+                        .query_async(&mut con),
+                )
+                .await?;
+            if ids.is_empty() {
+                return Ok(purged);
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for id in &ids {
+                pipe.unlink(&[self.job_key(id), self.items_key(id), self.log_key(id)]).ignore();
+            }
+            pipe.zrem(self.jobs_key(), &ids).ignore().zrem(self.finished_key(), &ids).ignore();
+            self.call(pipe.query_async::<()>(&mut con)).await?;
+            purged += ids.len() as u64;
+        }
     }
 
     async fn set_job_status(&self, job_id: &str, status: JobStatus, error: Option<String>) -> Result<JobRecord, StateError> {
@@ -782,10 +869,15 @@ impl StateStore for RedisStateStore {
                     .set_status
                     .key(self.job_key(job_id))
                     .key(self.log_key(job_id))
+                    .key(self.active_key())
+                    .key(self.finished_key())
                     .arg(status_name(status))
                     .arg(now_rfc3339())
                     .arg(if error.is_some() { "1" } else { "0" })
-                    .arg(error.as_deref().unwrap_or(""))
+                    .arg(error.as_deref().map(clip_log_line).unwrap_or_default())
+                    .arg(job_id)
+                    .arg(chrono::Utc::now().timestamp_millis())
+                    .arg(clip_log_line(&format!("error: {}", error.as_deref().map(clip_log_line).unwrap_or_default())))
                     .invoke_async(&mut con),
             )
             .await?;
@@ -818,6 +910,7 @@ impl StateStore for RedisStateStore {
             }
             ItemOutcome::Failed { reason } => ("failed", format!("failed: {item}: {reason}")),
         };
+        let line = clip_log_line(&line);
         let mut con = self.con.clone();
         let code: i64 = self
             .call(
@@ -843,7 +936,7 @@ impl StateStore for RedisStateStore {
                     .append_log
                     .key(self.job_key(job_id))
                     .key(self.log_key(job_id))
-                    .arg(line)
+                    .arg(clip_log_line(line))
                     .invoke_async(&mut con),
             )
             .await?;
@@ -866,7 +959,11 @@ impl StateStore for RedisStateStore {
                     .complete_if_done
                     .key(self.job_key(job_id))
                     .key(self.log_key(job_id))
+                    .key(self.active_key())
+                    .key(self.finished_key())
                     .arg(now_rfc3339())
+                    .arg(job_id)
+                    .arg(chrono::Utc::now().timestamp_millis())
                     .invoke_async(&mut con),
             )
             .await?;

@@ -29,7 +29,7 @@ pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_json`, `invalid_request`, `not_found`,
     /// `collection_exists`, `payload_too_large`, `unauthorized`, `unsupported_media_type`,
     /// `method_not_allowed`, `path_not_found`, `not_a_directory`, `path_not_allowed`,
-    /// `job_finished`, `overloaded`, `unavailable`, `internal`.
+    /// `job_finished`, `overloaded`, `unavailable`, `insufficient_storage`, `internal`.
     pub code: String,
     /// What went wrong and how to fix it.
     pub message: String,
@@ -56,13 +56,22 @@ impl AppError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
+
+    /// A store's disk is full (507): reads still work, writes work again once space is made.
+    pub fn storage_full(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!("the server's disk is full; free space and retry ({message})"),
+        )
+    }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         // A 503 is a dependency away for a moment (no GPU worker yet, Redis restarting): worth a
         // warning; any other 5xx is a fault of this server.
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE || self.status == StatusCode::INSUFFICIENT_STORAGE {
             tracing::warn!(code = self.code, message = %self.message, "request refused: a dependency is unavailable");
         } else if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
@@ -83,6 +92,7 @@ impl From<VectorError> for AppError {
             }
             VectorError::Invalid(m) => Self::invalid(m),
             VectorError::Unavailable(m) => Self::unavailable(m),
+            VectorError::StorageFull(m) => Self::storage_full(m),
             VectorError::Internal(m) => Self::internal(m),
         }
     }
@@ -94,6 +104,7 @@ impl From<StateError> for AppError {
             StateError::JobNotFound(id) => Self::not_found(format!("job {id:?} not found")),
             StateError::JobExists(id) => Self::new(StatusCode::CONFLICT, "job_exists", format!("job {id:?} already exists")),
             StateError::Unavailable(m) => Self::unavailable(m),
+            StateError::StorageFull(m) => Self::storage_full(m),
             StateError::Internal(m) => Self::internal(m),
         }
     }
@@ -134,6 +145,7 @@ fn code_for(status: StatusCode) -> &'static str {
         StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
         StatusCode::TOO_MANY_REQUESTS => "overloaded",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::INSUFFICIENT_STORAGE => "insufficient_storage",
         s if s.is_server_error() => "internal",
         _ => "bad_request",
     }

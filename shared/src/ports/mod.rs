@@ -7,6 +7,8 @@ pub mod state;
 pub mod vectors;
 
 pub use encoder::{Encoder, EncoderError};
-pub use queue::{DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue, retry_backoff};
+pub use queue::{
+    DeadLetter, Delivery, GivenUpHook, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue, publish_attempt, retry_backoff,
+};
 pub use state::{Claim, DedupEntry, StateError, StateStore};
 pub use vectors::{VectorError, VectorStore};

@@ -93,6 +93,27 @@ impl Delivery {
     }
 }
 
+/// Publishes a message whose id names one *attempt* (a claim's token, or a job and a file):
+/// ids never name content alone, so a legitimate retry is never taken for a duplicate. A
+/// duplicate answer therefore means this very attempt was published before — the work that
+/// publishes it was delivered again after publishing — and the message is queued or handled:
+/// that is success, counted in `imgfleet_queue_duplicate_publishes_total{stream}` and logged.
+pub async fn publish_attempt(queue: &dyn WorkQueue, stream: Stream, message_id: &str, payload: Vec<u8>) -> Result<(), QueueError> {
+    let ack = queue.publish(stream, message_id, payload).await?;
+    if ack.duplicate {
+        crate::metrics::PIPELINE.duplicate_publishes.with_label_values(&[stream.label()]).inc();
+        tracing::debug!(stream = stream.label(), message_id, "this attempt was published before; the queue kept the first");
+    }
+    Ok(())
+}
+
+/// Called with a message the queue gave up on (never settled in `max_deliver` deliveries: its
+/// workers died on it, or kept failing it), before it is dead-lettered: the pipeline accounts
+/// for its image there. An error keeps the message for a later look (where the queue can).
+pub type GivenUpHook = std::sync::Arc<
+    dyn Fn(Stream, Vec<u8>, String) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync,
+>;
+
 /// Delay before the next delivery after a transient failure on delivery number `deliveries`:
 /// `base`, doubling per delivery, at most 30 s.
 pub fn retry_backoff(base: Duration, deliveries: u32) -> Duration {

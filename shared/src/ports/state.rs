@@ -3,6 +3,18 @@
 //! Dedup is a claim with a time to live, turned into a final "done" entry only after the vector
 //! is stored: a worker that dies between claim and store leaves a claim that expires and is
 //! taken again, so no image is lost and none is stored twice.
+//!
+//! Settling rules (what keeps every file from being stranded):
+//! - A claim belongs to the *task* (job + file), not to the worker process: the task delivered
+//!   again, to whichever worker under whatever name, takes its live claim back at once, so a
+//!   killed worker's claims are taken over within the queue's ack wait; the TTL only bounds a
+//!   claim whose task is gone for good.
+//! - Each acquisition has a token that names the attempt (messages carrying the image on are
+//!   identified by it), so a legitimate re-publish after a release never looks like a
+//!   duplicate of an older one.
+//! - A collection's dedup has a generation, moved on by every clear (a collection delete clears
+//!   its entries too): a done mark is refused for a claim taken before the clear, so no done
+//!   mark ever outlives the clear that forgot it or points at a deleted point.
 
 use std::time::Duration;
 
@@ -18,6 +30,9 @@ pub enum StateError {
     JobExists(String),
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// The disk under the store is full: writes fail until space is made; reads still work.
+    #[error("state store disk full: {0}")]
+    StorageFull(String),
     #[error("state store error: {0}")]
     Internal(String),
 }
@@ -25,12 +40,21 @@ pub enum StateError {
 /// Result of a dedup claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The caller holds the claim until it expires or is marked done.
-    Acquired,
+    /// The caller holds the claim until it expires or is marked done. `token` names this
+    /// acquisition: the owner re-claiming its live claim gets the same token back, any new
+    /// acquisition (after a release, an expiry or a clear) a new one.
+    Acquired { token: String },
     /// Another owner holds a live claim (the content is being processed right now).
     HeldByOther { owner: String, expires_in: Duration },
-    /// The content is stored already, as this point.
-    Done { point_id: String },
+    /// The content is stored already, as this point, by the acquisition `token`.
+    Done { point_id: String, token: String },
+}
+
+impl Claim {
+    /// Whether the caller holds the claim now.
+    pub fn is_acquired(&self) -> bool {
+        matches!(self, Self::Acquired { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,26 +63,86 @@ pub enum DedupEntry {
     Done { point_id: String },
 }
 
+/// How often a stage waiting out a full disk ([`StateError::StorageFull`]) looks again; it keeps
+/// its deliveries alive meanwhile, so waiting never counts against the queue's deliveries.
+pub const FULL_DISK_PAUSE: Duration = Duration::from_secs(5);
+
 /// Most log lines kept per job; older ones are dropped first.
 pub const MAX_JOB_LOG_LINES: usize = 200;
+
+/// Longest log line (or job error) kept, in characters; longer ones are cut with `…`.
+pub const MAX_LOG_LINE_CHARS: usize = 1000;
+
+/// `line` cut to [`MAX_LOG_LINE_CHARS`] (on a character boundary).
+pub fn clip_log_line(line: &str) -> String {
+    match line.char_indices().nth(MAX_LOG_LINE_CHARS) {
+        None => line.to_owned(),
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+    }
+}
+
+/// The generation a claim token was taken in (see [`Claim::Acquired`]): tokens are
+/// `<generation>.<random>`, made by the stores.
+pub fn token_generation(token: &str) -> Option<u64> {
+    token.split_once('.')?.0.parse().ok()
+}
+
+/// A new token in `generation`.
+pub fn new_token(generation: u64) -> String {
+    format!("{generation}.{}", uuid::Uuid::new_v4().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_cut_on_a_character_boundary() {
+        assert_eq!(clip_log_line("short"), "short");
+        let long = "é".repeat(MAX_LOG_LINE_CHARS + 5);
+        let cut = clip_log_line(&long);
+        assert_eq!(cut.chars().count(), MAX_LOG_LINE_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn tokens_carry_their_generation() {
+        let t = new_token(7);
+        assert_eq!(token_generation(&t), Some(7));
+        assert_ne!(t, new_token(7));
+        assert_eq!(token_generation(""), None);
+        assert_eq!(token_generation("x.y"), None);
+    }
+}
 
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
     // ---- dedup, per collection ----
 
-    /// Claims `sha256` in `collection` for `owner`. The same owner re-claiming its live claim
-    /// gets `Acquired` again (and a fresh TTL); an expired claim can be taken by anyone.
+    /// Claims `sha256` in `collection` for `owner` (the task: job and file). The same owner
+    /// re-claiming its live claim gets `Acquired` again with the same token (and a fresh TTL);
+    /// an expired claim can be taken by anyone.
     async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError>;
 
-    /// Final: the content is stored as `point_id`. Later claims answer `Done`.
-    async fn mark_done(&self, collection: &str, sha256: &str, point_id: &str) -> Result<(), StateError>;
+    /// Final: the content is stored as `point_id`, by the acquisition `token`; later claims
+    /// answer `Done`. Refused (returns false, nothing written) when the collection's dedup was
+    /// cleared since `token` was taken: the point may belong to a deleted collection, and the
+    /// clear must forget it.
+    async fn mark_done(&self, collection: &str, sha256: &str, point_id: &str, token: &str) -> Result<bool, StateError>;
 
-    /// Gives a claim back early (processing failed); no effect unless `owner` holds it.
-    async fn release(&self, collection: &str, sha256: &str, owner: &str) -> Result<(), StateError>;
+    /// Gives the claim of acquisition `token` back early (processing failed, job cancelled);
+    /// no effect unless that acquisition still holds it.
+    async fn release(&self, collection: &str, sha256: &str, token: &str) -> Result<(), StateError>;
+
+    /// Removes the done entry written by `token` (its point turned out to be gone), so the
+    /// content is processed again. No effect on any other entry. Returns whether it removed one.
+    async fn forget_done(&self, collection: &str, sha256: &str, token: &str) -> Result<bool, StateError>;
 
     async fn dedup_entry(&self, collection: &str, sha256: &str) -> Result<Option<DedupEntry>, StateError>;
 
-    /// Forgets dedup entries (all collections, or one). Returns how many were removed.
+    /// Moves the dedup generation on (of one collection, or of all), then forgets the entries.
+    /// Done marks of claims taken before are refused from then on. Returns how many entries
+    /// were removed.
     async fn clear_dedup(&self, collection: Option<&str>) -> Result<u64, StateError>;
 
     // ---- jobs ----
@@ -67,8 +151,16 @@ pub trait StateStore: Send + Sync + 'static {
 
     async fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StateError>;
 
-    /// Newest first.
+    /// Newest first. A record that cannot be read is logged and left out.
     async fn list_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StateError>;
+
+    /// Jobs not ended yet (queued or running), in no particular order: what a restart resumes
+    /// and the completion sweep looks at, without reading every job ever run.
+    async fn active_jobs(&self) -> Result<Vec<JobRecord>, StateError>;
+
+    /// Deletes jobs that ended more than `older_than` ago, with their item records and logs.
+    /// Returns how many.
+    async fn purge_finished_jobs(&self, older_than: Duration) -> Result<u64, StateError>;
 
     /// Moves a job to `status` (stamping started/finished times). A final status is never left:
     /// the call then returns the record unchanged.
@@ -86,7 +178,7 @@ pub trait StateStore: Send + Sync + 'static {
     /// again (their tasks may never have reached the queue).
     async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError>;
 
-    /// Appends a log line (bounded, newest kept).
+    /// Appends a log line (bounded, newest kept; a line longer than [`MAX_LOG_LINE_CHARS`] is cut).
     async fn append_log(&self, job_id: &str, line: &str) -> Result<(), StateError>;
 
     /// The scan has published every file task.

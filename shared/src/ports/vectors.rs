@@ -20,6 +20,9 @@ pub enum VectorError {
     Invalid(String),
     #[error("vector store unavailable: {0}")]
     Unavailable(String),
+    /// The disk under the store is full: writes fail until space is made.
+    #[error("vector store disk full: {0}")]
+    StorageFull(String),
     #[error("vector store error: {0}")]
     Internal(String),
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgfleet_shared::domain::{ItemOutcome, JobRecord, JobStatus};
-use imgfleet_shared::ports::state::MAX_JOB_LOG_LINES;
+use imgfleet_shared::ports::state::{MAX_JOB_LOG_LINES, MAX_LOG_LINE_CHARS};
 use imgfleet_shared::ports::{Claim, DedupEntry, StateError, StateStore};
 
 #[async_trait]
@@ -27,6 +27,9 @@ macro_rules! state_store_contract {
         $crate::contract_case!(concurrent_counters_exact, $crate::contract::state::concurrent_counters_exact, $fixture);
         $crate::contract_case!(completion_detected_once, $crate::contract::state::completion_detected_once, $fixture);
         $crate::contract_case!(state_persists_across_reopen, $crate::contract::state::state_persists_across_reopen, $fixture);
+        $crate::contract_case!(clears_refuse_older_done_marks, $crate::contract::state::clears_refuse_older_done_marks, $fixture);
+        $crate::contract_case!(stale_done_entries_are_forgotten, $crate::contract::state::stale_done_entries_are_forgotten, $fixture);
+        $crate::contract_case!(active_jobs_and_purge, $crate::contract::state::active_jobs_and_purge, $fixture);
     };
 }
 
@@ -36,9 +39,23 @@ fn job(id: &str) -> JobRecord {
     JobRecord::new(id.to_owned(), "c".into(), "/photos".into())
 }
 
+/// Claims `sha` in `collection` for `owner`, expecting to get it; returns the token.
+pub async fn acquire(s: &dyn StateStore, collection: &str, sha: &str, owner: &str) -> String {
+    match s.claim(collection, sha, owner, TTL).await.unwrap() {
+        Claim::Acquired { token } => token,
+        other => panic!("{owner} expected to acquire {collection}/{sha}, got {other:?}"),
+    }
+}
+
+/// Claims and marks `sha` done as `point`.
+pub async fn store_done(s: &dyn StateStore, collection: &str, sha: &str, point: &str) {
+    let token = acquire(s, collection, sha, "indexer-test").await;
+    assert!(s.mark_done(collection, sha, point, &token).await.unwrap());
+}
+
 pub async fn claim_lifecycle(f: &dyn StateFixture) {
     let s = f.open().await;
-    assert_eq!(s.claim("c", "h1", "a", TTL).await.unwrap(), Claim::Acquired);
+    let token = acquire(s.as_ref(), "c", "h1", "a").await;
     match s.claim("c", "h1", "b", TTL).await.unwrap() {
         Claim::HeldByOther { owner, expires_in } => {
             assert_eq!(owner, "a");
@@ -46,45 +63,108 @@ pub async fn claim_lifecycle(f: &dyn StateFixture) {
         }
         other => panic!("expected HeldByOther, got {other:?}"),
     }
-    assert_eq!(s.claim("c", "h1", "a", TTL).await.unwrap(), Claim::Acquired, "the holder may renew");
-    assert_eq!(s.claim("other", "h1", "b", TTL).await.unwrap(), Claim::Acquired, "collections are independent");
+    assert_eq!(acquire(s.as_ref(), "c", "h1", "a").await, token, "the holder renews the same acquisition");
+    let other = acquire(s.as_ref(), "other", "h1", "b").await;
+    assert_ne!(other, token, "collections are independent, and tokens unique");
     assert!(matches!(s.dedup_entry("c", "h1").await.unwrap(), Some(DedupEntry::Claimed { ref owner, .. }) if owner == "a"));
-    s.mark_done("c", "h1", "p1").await.unwrap();
+    assert!(s.mark_done("c", "h1", "p1", &token).await.unwrap());
     for who in ["a", "b"] {
-        assert_eq!(s.claim("c", "h1", who, TTL).await.unwrap(), Claim::Done { point_id: "p1".into() });
+        assert_eq!(s.claim("c", "h1", who, TTL).await.unwrap(), Claim::Done { point_id: "p1".into(), token: token.clone() });
     }
     assert_eq!(s.dedup_entry("c", "h1").await.unwrap(), Some(DedupEntry::Done { point_id: "p1".into() }));
     assert_eq!(s.dedup_entry("c", "never").await.unwrap(), None);
-    s.release("c", "h1", "a").await.unwrap();
+    s.release("c", "h1", &token).await.unwrap();
     assert!(matches!(s.claim("c", "h1", "b", TTL).await.unwrap(), Claim::Done { .. }), "done is final");
 }
 
 pub async fn expired_claim_is_retaken(f: &dyn StateFixture) {
     let s = f.open().await;
-    // The holder "dies" holding a short claim; after its TTL another worker takes it over.
-    assert_eq!(s.claim("c", "h", "dead-worker", Duration::from_millis(150)).await.unwrap(), Claim::Acquired);
+    // The holder "dies" holding a short claim; after its TTL another task takes it over.
+    let dead = match s.claim("c", "h", "dead-task", Duration::from_millis(150)).await.unwrap() {
+        Claim::Acquired { token } => token,
+        other => panic!("{other:?}"),
+    };
     assert!(matches!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::HeldByOther { .. }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.dedup_entry("c", "h").await.unwrap(), None, "an expired claim is no entry");
-    assert_eq!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::Acquired);
-    assert!(matches!(s.claim("c", "h", "dead-worker", TTL).await.unwrap(), Claim::HeldByOther { ref owner, .. } if owner == "b"));
+    let token = acquire(s.as_ref(), "c", "h", "b").await;
+    assert_ne!(token, dead, "a new acquisition has a new token");
+    assert!(matches!(s.claim("c", "h", "dead-task", TTL).await.unwrap(), Claim::HeldByOther { ref owner, .. } if owner == "b"));
+    s.release("c", "h", &dead).await.unwrap();
+    assert!(matches!(s.claim("c", "h", "x", TTL).await.unwrap(), Claim::HeldByOther { .. }), "an old token releases nothing");
 }
 
 pub async fn release_and_clear(f: &dyn StateFixture) {
     let s = f.open().await;
-    s.claim("c", "h", "a", TTL).await.unwrap();
-    s.release("c", "h", "b").await.unwrap();
-    assert!(matches!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::HeldByOther { .. }), "only the holder releases");
-    s.release("c", "h", "a").await.unwrap();
-    assert_eq!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::Acquired);
-    s.mark_done("c", "d1", "p").await.unwrap();
-    s.mark_done("c", "d2", "p").await.unwrap();
-    s.mark_done("x", "d1", "p").await.unwrap();
+    let token = acquire(s.as_ref(), "c", "h", "a").await;
+    s.release("c", "h", "not-the-token").await.unwrap();
+    assert!(matches!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::HeldByOther { .. }), "only the holder's token releases");
+    s.release("c", "h", &token).await.unwrap();
+    let again = acquire(s.as_ref(), "c", "h", "a").await;
+    assert_ne!(again, token, "claimed again after a release: a new attempt");
+    store_done(s.as_ref(), "c", "d1", "p").await;
+    store_done(s.as_ref(), "c", "d2", "p").await;
+    store_done(s.as_ref(), "x", "d1", "p").await;
     assert_eq!(s.clear_dedup(Some("c")).await.unwrap(), 3);
     assert_eq!(s.dedup_entry("c", "d1").await.unwrap(), None);
     assert!(s.dedup_entry("x", "d1").await.unwrap().is_some());
     assert_eq!(s.clear_dedup(None).await.unwrap(), 1);
     assert_eq!(s.dedup_entry("x", "d1").await.unwrap(), None);
+}
+
+/// A done mark for a claim taken before a clear (of its collection, or of all) is refused: the
+/// point it names may be in a deleted collection, and the clear must forget it.
+pub async fn clears_refuse_older_done_marks(f: &dyn StateFixture) {
+    let s = f.open().await;
+    let before = acquire(s.as_ref(), "c", "h", "a").await;
+    let elsewhere = acquire(s.as_ref(), "x", "h", "a").await;
+    s.clear_dedup(Some("c")).await.unwrap();
+    assert!(!s.mark_done("c", "h", "p", &before).await.unwrap(), "cleared since the claim");
+    assert_eq!(s.dedup_entry("c", "h").await.unwrap(), None, "nothing written");
+    assert!(s.mark_done("x", "h", "p", &elsewhere).await.unwrap(), "another collection's clear changes nothing here");
+    let after = acquire(s.as_ref(), "c", "h", "b").await;
+    assert!(s.mark_done("c", "h", "p", &after).await.unwrap());
+    let pending = acquire(s.as_ref(), "c", "h2", "a").await;
+    s.clear_dedup(None).await.unwrap();
+    assert!(!s.mark_done("c", "h2", "p", &pending).await.unwrap(), "a clear of every collection counts too");
+    assert!(!s.mark_done("c", "h3", "p", "").await.unwrap(), "a token without a generation is refused");
+}
+
+pub async fn stale_done_entries_are_forgotten(f: &dyn StateFixture) {
+    let s = f.open().await;
+    store_done(s.as_ref(), "c", "h", "p").await;
+    let Claim::Done { token, .. } = s.claim("c", "h", "t", TTL).await.unwrap() else { panic!("done") };
+    assert!(!s.forget_done("c", "h", "another").await.unwrap(), "only that entry");
+    assert!(s.forget_done("c", "h", &token).await.unwrap());
+    assert!(!s.forget_done("c", "h", &token).await.unwrap());
+    assert!(s.claim("c", "h", "t", TTL).await.unwrap().is_acquired(), "processed again");
+}
+
+pub async fn active_jobs_and_purge(f: &dyn StateFixture) {
+    let s = f.open().await;
+    for id in ["a", "b", "c"] {
+        s.create_job(&job(id)).await.unwrap();
+    }
+    s.set_job_status("b", JobStatus::Running, None).await.unwrap();
+    s.set_job_status("c", JobStatus::Cancelled, None).await.unwrap();
+    let mut active: Vec<String> = s.active_jobs().await.unwrap().into_iter().map(|j| j.job_id).collect();
+    active.sort();
+    assert_eq!(active, ["a", "b"]);
+    s.record_discovered("b", "/x").await.unwrap();
+    s.mark_scan_complete("b").await.unwrap();
+    s.record_outcome("b", "/x", &ItemOutcome::Processed).await.unwrap();
+    assert!(s.complete_if_done("b").await.unwrap().is_some());
+    assert_eq!(s.active_jobs().await.unwrap().into_iter().map(|j| j.job_id).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(s.purge_finished_jobs(Duration::from_secs(3600)).await.unwrap(), 0, "nothing that old");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.purge_finished_jobs(Duration::from_millis(10)).await.unwrap(), 2);
+    assert_eq!(s.job("b").await.unwrap(), None);
+    assert_eq!(s.job("c").await.unwrap(), None);
+    assert!(s.unsettled_items("b").await.unwrap().is_empty());
+    let listed: Vec<String> = s.list_jobs(10).await.unwrap().into_iter().map(|j| j.job_id).collect();
+    assert_eq!(listed, ["a"], "only the running job is left");
+    assert!(matches!(s.record_outcome("b", "/x", &ItemOutcome::Processed).await, Err(StateError::JobNotFound(_))));
+    assert_eq!(s.purge_finished_jobs(Duration::ZERO).await.unwrap(), 0);
 }
 
 pub async fn concurrent_claims_have_one_winner(f: &dyn StateFixture) {
@@ -97,7 +177,7 @@ pub async fn concurrent_claims_have_one_winner(f: &dyn StateFixture) {
         .collect();
     let mut acquired = 0;
     for t in tasks {
-        if t.await.unwrap() == Claim::Acquired {
+        if t.await.unwrap().is_acquired() {
             acquired += 1;
         }
     }
@@ -160,6 +240,16 @@ pub async fn counters_exact_under_redelivery(f: &dyn StateFixture) {
     let logs = s.job("j").await.unwrap().unwrap().logs;
     assert_eq!(logs.len(), MAX_JOB_LOG_LINES);
     assert_eq!(logs.last().unwrap(), &format!("line {}", MAX_JOB_LOG_LINES + 9), "newest kept");
+    // Lines are bounded too, however they come (a path, a reason, an error).
+    let long = "x".repeat(MAX_LOG_LINE_CHARS * 3);
+    s.append_log("j", &long).await.unwrap();
+    s.record_outcome("j", &format!("/{long}"), &ItemOutcome::Failed { reason: long.clone() }).await.unwrap();
+    s.set_job_status("j", JobStatus::Failed, Some(long.clone())).await.unwrap();
+    let j = s.job("j").await.unwrap().unwrap();
+    for line in j.logs.iter().rev().take(3) {
+        assert!(line.chars().count() <= MAX_LOG_LINE_CHARS + 1, "{} chars", line.chars().count());
+    }
+    assert!(j.error.unwrap().chars().count() <= MAX_LOG_LINE_CHARS + 1);
 }
 
 pub async fn concurrent_counters_exact(f: &dyn StateFixture) {
@@ -229,7 +319,7 @@ pub async fn state_persists_across_reopen(f: &dyn StateFixture) {
     {
         let s = f.open().await;
         s.set_active_collection("holiday").await.unwrap();
-        s.mark_done("c", "h", "p").await.unwrap();
+        store_done(s.as_ref(), "c", "h", "p").await;
         s.create_job(&job("j")).await.unwrap();
         s.record_outcome("j", "/a", &ItemOutcome::Processed).await.unwrap();
     }

@@ -24,7 +24,7 @@ fn vector(n: u32) -> Vec<f32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optimisation_builds_hnsw_and_search_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EdgeVectorStore::open_with(dir.path(), EdgeStoreOptions { indexing_threshold_kb: Some(16) }).unwrap();
+    let store = EdgeVectorStore::open_with(dir.path(), EdgeStoreOptions { indexing_threshold_kb: Some(16), ..EdgeStoreOptions::default() }).unwrap();
     store.create_collection(&spec("big", 32, Distance::Cosine)).await.unwrap();
     for chunk in (0..3000u32).collect::<Vec<_>>().chunks(500) {
         store.upsert("big", chunk.iter().map(|&n| point(n, vector(n))).collect()).await.unwrap();

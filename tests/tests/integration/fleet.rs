@@ -4,77 +4,23 @@
 //! NATS request/reply; and the same under chaos (workers killed with SIGKILL, both servers
 //! restarted), with nothing stored twice and nothing left unsettled.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use imgfleet_tests::checks::{self, assert_settled, counts, delete, post, wait_until_ended, wait_until_settled};
 use imgfleet_tests::fleet::{Fleet, FleetOptions, Worker, metric_sum, stream_states, wait_for_job};
 use imgfleet_worker_cpu::corpus::{self, Corpus, CorpusSpec};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-fn counts(job: &Value) -> [u64; 4] {
-    ["discovered", "processed", "duplicates", "failed"].map(|k| job["counts"][k].as_u64().unwrap())
-}
-
 async fn ingest(client: &Client, fleet: &Fleet, dir: &Path) -> String {
-    let response = client
-        .post(fleet.api_url("/api/v1/ingest/"))
-        .json(&json!({"directory_path": dir.display().to_string()}))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    body["job_id"].as_str().unwrap().to_owned()
+    checks::ingest(client, &fleet.api_url(""), dir).await
 }
 
-/// Every stored image, page by page.
-async fn all_images(client: &Client, fleet: &Fleet) -> Vec<Value> {
-    let mut images = Vec::new();
-    for page in 1.. {
-        let url = fleet.api_url(&format!("/api/v1/images?per_page=500&page={page}"));
-        let body: Value = client.get(url).send().await.unwrap().json().await.unwrap();
-        let items = body["items"].as_array().unwrap_or_else(|| panic!("{body}")).clone();
-        let done = items.len() < 500;
-        images.extend(items);
-        if done {
-            break;
-        }
-    }
-    images
-}
-
-/// Each distinct image stored once, under every path that holds it.
+/// Each distinct image stored once in `images`, under every path that holds it.
 async fn assert_stored_once(client: &Client, fleet: &Fleet, corpus: &Corpus) {
-    let info: Value = client.get(fleet.api_url("/api/v1/collections/images")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(info["points"].as_u64(), Some(corpus.unique.len() as u64), "{info}");
-    let images = all_images(client, fleet).await;
-    assert_eq!(images.len(), corpus.unique.len());
-    let mut by_path: BTreeMap<String, String> = BTreeMap::new();
-    let mut shas = std::collections::BTreeSet::new();
-    for image in &images {
-        assert!(shas.insert(image["payload"]["sha256"].as_str().unwrap().to_owned()), "content stored twice: {image}");
-        for path in image["payload"]["paths"].as_array().unwrap() {
-            let id = image["id"].as_str().unwrap().to_owned();
-            assert!(by_path.insert(path.as_str().unwrap().to_owned(), id).is_none(), "{path} stored twice");
-        }
-    }
-    for path in &corpus.unique {
-        assert!(by_path.contains_key(&path.display().to_string()), "{} not stored", path.display());
-    }
-    for (copy, original) in &corpus.duplicates {
-        assert_eq!(
-            by_path.get(&copy.display().to_string()),
-            by_path.get(&original.display().to_string()),
-            "{} is a copy of {}",
-            copy.display(),
-            original.display()
-        );
-    }
-    assert_eq!(by_path.len(), corpus.unique.len() + corpus.duplicates.len());
+    checks::assert_stored_once(client, &fleet.api_url(""), "images", corpus).await;
 }
 
 /// No message waits, none is held unsettled, nothing was dead-lettered. Acks of the last
@@ -96,7 +42,11 @@ async fn assert_queue_drained(fleet: &Fleet) {
 }
 
 fn corpus_in(root: &Path, spec: &CorpusSpec) -> (std::path::PathBuf, Corpus) {
-    let dir = root.join("library");
+    corpus_named(root, "library", spec)
+}
+
+fn corpus_named(root: &Path, name: &str, spec: &CorpusSpec) -> (std::path::PathBuf, Corpus) {
+    let dir = root.join(name);
     let corpus = corpus::generate(&dir, spec).unwrap();
     (dir.canonicalize().unwrap(), corpus)
 }
@@ -180,17 +130,7 @@ async fn a_fleet_of_processes_ingests_two_thousand_files_with_exact_counts() {
 
 /// The job's status; while Redis is coming back the API answers 503 for a moment: retried.
 async fn job_status(client: &Client, fleet: &Fleet, job_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = client.get(fleet.api_url(&format!("/api/v1/ingest/status/{job_id}"))).send().await.unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == StatusCode::OK {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "job status still {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    checks::job(client, &fleet.api_url(""), job_id).await
 }
 
 /// xorshift64: the chaos is reproducible from the printed seed.
@@ -218,7 +158,13 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     // Bigger than the counting test's: the ingest must outlast eight blows and two restarts.
     let spec = CorpusSpec { unique: 3600, duplicates: 300, broken: 100, min_side: 160, max_side: 400, seed: 23 };
     let (dir, corpus) = corpus_in(root.path(), &spec);
-    let mut fleet = Fleet::start(root.path(), FleetOptions::default());
+    let big_spec = CorpusSpec { unique: 300, duplicates: 30, broken: 6, min_side: 900, max_side: 1400, seed: 24 };
+    let (big_dir, big) = corpus_named(root.path(), "big", &big_spec);
+    // The ack wait is longer than the default test fleet's, so that the last blow's bound (twice
+    // the ack wait) leaves room for the work still to do after it.
+    let options = FleetOptions { ack_wait_secs: 15, ..FleetOptions::default() };
+    let ack_wait = Duration::from_secs(options.ack_wait_secs);
+    let mut fleet = Fleet::start(root.path(), options);
     let client = Client::new();
     let seed = std::env::var("IMGFLEET_CHAOS_SEED")
         .ok()
@@ -267,6 +213,105 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     assert_eq!(counts(&job), [4000, 3600, 300, 100], "{job}");
     assert_stored_once(&client, &fleet, &corpus).await;
     assert_queue_drained(&fleet).await;
+
+    // The last blow, on a folder of big photos (the CPU workers are the slowest stage, so they
+    // hold file tasks and dedup claims until near the end): both CPU workers and a GPU worker
+    // killed at once and back under new names. What they held comes back after the ack wait and
+    // each task takes its claim back at once: no claim waits for its TTL (600 s), so the job
+    // settles within twice the ack wait.
+    let api = fleet.api_url("");
+    let body = json!({"directory_path": big_dir.display().to_string(), "collection": "last"});
+    let (status, accepted) = post(&client, &api, "/api/v1/ingest/", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let total = big.total() as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let status = job_status(&client, &fleet, &job_id).await;
+        assert_ne!(status["status"], "completed", "the ingest ended before the last blow");
+        let settled: u64 = counts(&status)[1..].iter().sum();
+        let held = stream_states(&fleet.nats).await.iter().find(|s| s.stream == "IMGFLEET_FILES").map_or(0, |s| s.num_ack_pending);
+        if status["scan_complete"] == true && settled * 100 >= 25 * total && held > 0 {
+            eprintln!("chaos: last blow (kill -9 both CPU workers, holding {held} file tasks, and GPU 0) at {:?}", counts(&status));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last_blow = Instant::now();
+    for worker in [Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)] {
+        fleet.kill(worker);
+    }
+    for worker in [Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)] {
+        fleet.restart(worker);
+    }
+    let job = wait_for_job(&api, &job_id, Duration::from_secs(600)).await;
+    let settled_after = last_blow.elapsed();
+    eprintln!("chaos: settled {:.1} s after the last blow (ack wait {} s)", settled_after.as_secs_f64(), ack_wait.as_secs());
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(counts(&job), [total, big.unique.len() as u64, big.duplicates.len() as u64, big.broken.len() as u64], "{job}");
+    assert!(settled_after <= 2 * ack_wait, "the job took {settled_after:?} after the last kill (ack wait {ack_wait:?})");
+    checks::assert_stored_once(&client, &api, "last", &big).await;
+    assert_queue_drained(&fleet).await;
+}
+
+/// What operators do to a running fleet: cancel and ingest again at once, delete the collection
+/// mid-job and ingest again, clear the dedup cache mid-job. Every file settles, every image is
+/// stored once, nothing is left in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_settles_every_file_whatever_operators_do() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = CorpusSpec { unique: 900, duplicates: 90, broken: 10, min_side: 120, max_side: 360, seed: 29 };
+    let (dir, corpus) = corpus_in(root.path(), &spec);
+    let fleet = Fleet::start(root.path(), FleetOptions::default());
+    let client = Client::new();
+    let api = fleet.api_url("");
+    let limit = Duration::from_secs(600);
+
+    // 1. Cancel part-way, twice, each time starting the same folder again at once.
+    for settled in [50, 300] {
+        let job_id = ingest(&client, &fleet, &dir).await;
+        wait_until_settled(&client, &api, &job_id, settled).await;
+        let (status, body) = delete(&client, &api, &format!("/api/v1/ingest/{job_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let job = wait_until_ended(&client, &api, &ingest(&client, &fleet, &dir).await, limit).await;
+    assert_settled(&job, &corpus);
+    assert_stored_once(&client, &fleet, &corpus).await;
+
+    // 2. Delete the collection while a job writes to it, make it again, ingest again.
+    let (other_dir, other) = corpus_named(root.path(), "other", &CorpusSpec { seed: 30, ..spec });
+    let first = ingest(&client, &fleet, &other_dir).await;
+    wait_until_settled(&client, &api, &first, 100).await;
+    let (status, body) = delete(&client, &api, "/api/v1/collections/images").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ended = wait_until_ended(&client, &api, &first, Duration::from_secs(30)).await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    let (status, body) = post(&client, &api, "/api/v1/collections", json!({"collection_name": "images"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = wait_until_ended(&client, &api, &ingest(&client, &fleet, &other_dir).await, limit).await;
+    assert_eq!(counts(&job), [1000, 900, 90, 10], "nothing of the deleted collection counts: {job}");
+    checks::assert_stored_once(&client, &api, "images", &other).await;
+
+    // 3. Clear the dedup cache while a job runs: exact counts, each image once, and again after.
+    let (third_dir, third) = corpus_named(root.path(), "third", &CorpusSpec { seed: 31, ..spec });
+    let (status, _) = delete(&client, &api, "/api/v1/collections/images").await;
+    assert_eq!(status, StatusCode::OK);
+    let job_id = ingest(&client, &fleet, &third_dir).await;
+    wait_until_settled(&client, &api, &job_id, 200).await;
+    let (status, body) = post(&client, &api, "/api/v1/collections/cache/clear", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let job = wait_until_ended(&client, &api, &job_id, limit).await;
+    assert_settled(&job, &third);
+    checks::assert_stored_once(&client, &api, "images", &third).await;
+    let again = wait_until_ended(&client, &api, &ingest(&client, &fleet, &third_dir).await, limit).await;
+    assert_settled(&again, &third);
+    checks::assert_stored_once(&client, &api, "images", &third).await;
+    assert_queue_drained(&fleet).await;
+
+    // A failed job is counted as failed (the alert on failing jobs reads this).
+    let text = client.get(fleet.api_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric_sum(&text, "imgfleet_jobs_finished_total", "status=\"failed\""), 1.0, "{text}");
 }
 
 /// Every fleet binary takes the common flags, each with its environment variable.

@@ -17,3 +17,4 @@ mod qdrant_contracts;
 mod redis_contracts;
 mod security;
 mod serve;
+mod settling;

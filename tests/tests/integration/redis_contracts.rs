@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use imgfleet_shared::adapters::redis_state::{RedisStateOptions, RedisStateStore};
 use imgfleet_shared::domain::{ItemOutcome, JobRecord, JobStatus};
 use imgfleet_shared::ports::state::MAX_JOB_LOG_LINES;
-use imgfleet_shared::ports::{Claim, DedupEntry, StateError, StateStore};
+use imgfleet_shared::ports::{DedupEntry, StateError, StateStore};
+use imgfleet_tests::contract::state::store_done;
 use imgfleet_tests::redis_server::RedisServer;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -56,7 +57,7 @@ async fn keeps_working_across_a_redis_restart() {
         assert!(s.record_discovered("j", item).await.unwrap());
     }
     assert!(s.record_outcome("j", "/a", &ItemOutcome::Processed).await.unwrap());
-    s.mark_done("c", "h1", "p1").await.unwrap();
+    store_done(&s, "c", "h1", "p1").await;
     s.set_active_collection("holiday").await.unwrap();
 
     tokio::task::block_in_place(|| server.stop());
@@ -85,7 +86,7 @@ async fn keeps_working_across_a_redis_restart() {
     s.mark_scan_complete("j").await.unwrap();
     let done = s.complete_if_done("j").await.unwrap().expect("completes");
     assert_eq!((done.counts.discovered, done.counts.processed, done.counts.failed), (3, 2, 1));
-    assert_eq!(s.claim("c", "h2", "w", TTL).await.unwrap(), Claim::Acquired);
+    assert!(s.claim("c", "h2", "w", TTL).await.unwrap().is_acquired());
 
     // A second restart with the store idle in between.
     tokio::task::block_in_place(|| server.restart());
@@ -180,7 +181,7 @@ async fn counters_exact_with_8_writers_over_2_connections() {
         .collect();
     let mut acquired = 0;
     for t in tasks {
-        acquired += usize::from(t.await.unwrap() == Claim::Acquired);
+        acquired += usize::from(t.await.unwrap().is_acquired());
     }
     assert_eq!(acquired, 1);
 }
@@ -217,16 +218,16 @@ async fn void_claims_keeps_done_entries_and_other_prefixes() {
     let other = connect(&server, "other:").await;
     for i in 0..1500 {
         let coll = if i % 2 == 0 { "c" } else { "d" };
-        assert_eq!(s.claim(coll, &format!("h{i}"), "dead-worker", TTL).await.unwrap(), Claim::Acquired);
+        assert!(s.claim(coll, &format!("h{i}"), "dead-worker", TTL).await.unwrap().is_acquired());
     }
     for i in 0..10 {
-        s.mark_done("c", &format!("done{i}"), &format!("p{i}")).await.unwrap();
+        store_done(&s, "c", &format!("done{i}"), &format!("p{i}")).await;
     }
     other.claim("c", "h0", "someone", TTL).await.unwrap();
     assert_eq!(s.void_claims().await.unwrap(), 1500);
     assert_eq!(s.void_claims().await.unwrap(), 0);
     assert_eq!(s.dedup_entry("c", "h0").await.unwrap(), None);
-    assert_eq!(s.claim("c", "h0", "new-worker", TTL).await.unwrap(), Claim::Acquired);
+    assert!(s.claim("c", "h0", "new-worker", TTL).await.unwrap().is_acquired());
     assert_eq!(s.dedup_entry("c", "done3").await.unwrap(), Some(DedupEntry::Done { point_id: "p3".into() }));
     assert!(matches!(other.dedup_entry("c", "h0").await.unwrap(), Some(DedupEntry::Claimed { ref owner, .. }) if owner == "someone"));
 }
@@ -238,12 +239,12 @@ async fn clear_dedup_is_scoped_by_collection_and_prefix() {
     let s = connect(&server, "img*:").await;
     let other = connect(&server, "imgx:").await;
     for i in 0..2500 {
-        s.mark_done("c", &format!("h{i}"), "p").await.unwrap();
+        store_done(&s, "c", &format!("h{i}"), "p").await;
     }
-    s.mark_done("c*", "h", "p").await.unwrap();
-    s.mark_done("c:x", "h", "p").await.unwrap();
-    s.mark_done("cx", "h", "p").await.unwrap();
-    other.mark_done("c", "h1", "p").await.unwrap();
+    store_done(&s, "c*", "h", "p").await;
+    store_done(&s, "c:x", "h", "p").await;
+    store_done(&s, "cx", "h", "p").await;
+    store_done(&other, "c", "h1", "p").await;
     s.claim("c", "claimed", "w", TTL).await.unwrap();
 
     assert_eq!(s.clear_dedup(Some("c")).await.unwrap(), 2501);
@@ -281,7 +282,7 @@ async fn prefixes_separate_jobs_and_settings() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_expires_as_a_whole() {
+async fn a_purged_job_goes_as_a_whole() {
     let server = RedisServer::start();
     let s = connect(&server, "imgfleet:").await;
     for id in ["old", "new"] {
@@ -289,17 +290,40 @@ async fn a_job_expires_as_a_whole() {
         s.record_discovered(id, "/a").await.unwrap();
         s.append_log(id, "line").await.unwrap();
     }
-    assert!(s.expire_job("old", Duration::from_millis(100)).await.unwrap());
-    assert!(!s.expire_job("never", Duration::from_millis(100)).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.set_job_status("old", JobStatus::Failed, Some("gone".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(s.purge_finished_jobs(Duration::from_millis(10)).await.unwrap(), 1);
     assert_eq!(s.job("old").await.unwrap(), None);
     assert!(s.unsettled_items("old").await.unwrap().is_empty(), "item flags went with the record");
     let listed: Vec<String> = s.list_jobs(10).await.unwrap().into_iter().map(|j| j.job_id).collect();
     assert_eq!(listed, vec!["new"]);
-    assert_eq!(s.prune_job_index().await.unwrap(), 1);
-    assert_eq!(s.prune_job_index().await.unwrap(), 0);
+    let mut con = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let left: Vec<String> = redis::cmd("KEYS").arg("imgfleet:job:old*").query_async(&mut con).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    let finished: u64 = redis::cmd("ZCARD").arg("imgfleet:jobs:finished").query_async(&mut con).await.unwrap();
+    assert_eq!(finished, 0);
     // The id can be used again, from scratch.
     s.create_job(&job("old")).await.unwrap();
     assert!(s.record_discovered("old", "/a").await.unwrap());
     assert_eq!(s.job("old").await.unwrap().unwrap().logs, Vec::<String>::new());
+}
+
+/// A job record that cannot be read is set aside: listed jobs skip it, and the other jobs'
+/// reads and writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_job_record_is_set_aside() {
+    let server = RedisServer::start();
+    let s = connect(&server, "imgfleet:").await;
+    for id in ["good", "bad"] {
+        s.create_job(&job(id)).await.unwrap();
+    }
+    let mut con = redis::Client::open(server.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET").arg("imgfleet:job:bad").arg("base").arg("{not json").query_async(&mut con).await.unwrap();
+    let listed: Vec<String> = s.list_jobs(10).await.unwrap().into_iter().map(|j| j.job_id).collect();
+    assert_eq!(listed, vec!["good"]);
+    assert_eq!(s.job("bad").await.unwrap(), None);
+    assert!(s.record_discovered("good", "/a").await.unwrap());
+    assert_eq!(s.active_jobs().await.unwrap().into_iter().map(|j| j.job_id).collect::<Vec<_>>(), ["good"]);
+    let kept: bool = redis::cmd("EXISTS").arg("imgfleet:damaged:job:bad").query_async(&mut con).await.unwrap();
+    assert!(kept, "the damaged record is kept for a look");
 }
