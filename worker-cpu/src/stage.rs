@@ -180,7 +180,11 @@ impl CpuStage {
         };
         let sha256 = file.sha256.clone();
         let owner = task_owner(&task.job_id, &task.path);
-        match self.state.claim(&task.collection, &sha256, &owner, self.config.claim_ttl()).await? {
+        match self.state.claim(&task.collection, &sha256, &owner, self.config.claim_ttl(), Some(&task.job_id)).await? {
+            Claim::JobEnded => {
+                debug!(job_id = %task.job_id, path = %task.path, "job has ended; file skipped");
+                Ok(Settle::Ack)
+            }
             Claim::Done { point_id, token } => self.duplicate(task, &sha256, point_id, token).await,
             Claim::HeldByOther { owner, expires_in } => {
                 if deliveries > self.config.held_retries {

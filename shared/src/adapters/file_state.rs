@@ -523,10 +523,15 @@ impl StateStore for FileStateStore {
         FileStateStore::unsettled_items(self, job_id).await
     }
 
-    async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError> {
+    async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration, job_id: Option<&str>) -> Result<Claim, StateError> {
         let key = key2(collection, sha256);
-        let (collection, owner) = (collection.to_owned(), owner.to_owned());
+        let (collection, owner, job_id) = (collection.to_owned(), owner.to_owned(), job_id.map(str::to_owned));
         self.write_lease(move |txn| {
+            if let Some(job_id) = &job_id {
+                if txn.open_table(ACTIVE_JOBS).map_err(internal)?.get(job_id.as_str()).map_err(internal)?.is_none() {
+                    return Ok(Claim::JobEnded);
+                }
+            }
             let mut table = txn.open_table(DEDUP).map_err(internal)?;
             let now = now_ms();
             let expires_at_ms = now + ttl.as_millis() as u64;

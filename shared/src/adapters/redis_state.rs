@@ -94,9 +94,10 @@ impl std::fmt::Debug for RedisStateStore {
 
 /// Dedup entry values: a live claim (`c:<token>:<owner>`, with a TTL) or a final entry
 /// (`d:<token>:<point>`). Tokens (`<generation>.<hex>`) hold no `:`.
-/// KEYS: entry, global generation, collection generation. ARGV: owner, ttl ms, random hex.
-/// Returns {kind, value, token, ttl}.
+/// KEYS: entry, global generation, collection generation, active jobs set. ARGV: owner, ttl
+/// ms, random hex, job id ('' for none). Returns {kind, value, token, ttl}.
 const CLAIM_LUA: &str = r"
+if ARGV[4] ~= '' and redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 0 then return {'E', '', '', 0} end
 local v = redis.call('GET', KEYS[1])
 if v then
   local kind = string.sub(v, 1, 2)
@@ -668,7 +669,7 @@ impl StateStore for RedisStateStore {
         RedisStateStore::unsettled_items(self, job_id).await
     }
 
-    async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError> {
+    async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration, job_id: Option<&str>) -> Result<Claim, StateError> {
         // PX wants 1 ms at least and refuses what overflows the server clock.
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).clamp(1, MAX_TTL_MS);
         let [all, own] = self.generation_keys(collection);
@@ -680,9 +681,11 @@ impl StateStore for RedisStateStore {
                     .key(self.dedup_key(collection, sha256))
                     .key(all)
                     .key(own)
+                    .key(self.active_key())
                     .arg(owner)
                     .arg(ttl_ms)
                     .arg(uuid::Uuid::new_v4().simple().to_string())
+                    .arg(job_id.unwrap_or(""))
                     .invoke_async(&mut con),
             )
             .await?;
@@ -690,6 +693,7 @@ impl StateStore for RedisStateStore {
             "A" => Ok(Claim::Acquired { token }),
             "D" => Ok(Claim::Done { point_id: value, token }),
             "H" => Ok(Claim::HeldByOther { owner: value, expires_in: Duration::from_millis(ms.max(0) as u64) }),
+            "E" => Ok(Claim::JobEnded),
             other => Err(internal(format!("unexpected claim reply {other:?}"))),
         }
     }

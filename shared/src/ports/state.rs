@@ -48,6 +48,8 @@ pub enum Claim {
     HeldByOther { owner: String, expires_in: Duration },
     /// The content is stored already, as this point, by the acquisition `token`.
     Done { point_id: String, token: String },
+    /// The job the claim was asked for has ended (cancelled, failed, gone): nothing was taken.
+    JobEnded,
 }
 
 impl Claim {
@@ -121,8 +123,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Claims `sha256` in `collection` for `owner` (the task: job and file). The same owner
     /// re-claiming its live claim gets `Acquired` again with the same token (and a fresh TTL);
-    /// an expired claim can be taken by anyone.
-    async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration) -> Result<Claim, StateError>;
+    /// an expired claim can be taken by anyone. With `job_id`, nothing is taken once that job
+    /// has ended (`JobEnded`), checked in the same atomic step: work of a job that was just
+    /// cancelled or whose collection was just deleted can never claim content again.
+    async fn claim(&self, collection: &str, sha256: &str, owner: &str, ttl: Duration, job_id: Option<&str>) -> Result<Claim, StateError>;
 
     /// Final: the content is stored as `point_id`, by the acquisition `token`; later claims
     /// answer `Done`. Refused (returns false, nothing written) when the collection's dedup was

@@ -30,6 +30,7 @@ macro_rules! state_store_contract {
         $crate::contract_case!(clears_refuse_older_done_marks, $crate::contract::state::clears_refuse_older_done_marks, $fixture);
         $crate::contract_case!(stale_done_entries_are_forgotten, $crate::contract::state::stale_done_entries_are_forgotten, $fixture);
         $crate::contract_case!(active_jobs_and_purge, $crate::contract::state::active_jobs_and_purge, $fixture);
+        $crate::contract_case!(an_ended_job_claims_nothing, $crate::contract::state::an_ended_job_claims_nothing, $fixture);
     };
 }
 
@@ -41,7 +42,7 @@ fn job(id: &str) -> JobRecord {
 
 /// Claims `sha` in `collection` for `owner`, expecting to get it; returns the token.
 pub async fn acquire(s: &dyn StateStore, collection: &str, sha: &str, owner: &str) -> String {
-    match s.claim(collection, sha, owner, TTL).await.unwrap() {
+    match s.claim(collection, sha, owner, TTL, None).await.unwrap() {
         Claim::Acquired { token } => token,
         other => panic!("{owner} expected to acquire {collection}/{sha}, got {other:?}"),
     }
@@ -56,7 +57,7 @@ pub async fn store_done(s: &dyn StateStore, collection: &str, sha: &str, point: 
 pub async fn claim_lifecycle(f: &dyn StateFixture) {
     let s = f.open().await;
     let token = acquire(s.as_ref(), "c", "h1", "a").await;
-    match s.claim("c", "h1", "b", TTL).await.unwrap() {
+    match s.claim("c", "h1", "b", TTL, None).await.unwrap() {
         Claim::HeldByOther { owner, expires_in } => {
             assert_eq!(owner, "a");
             assert!(expires_in <= TTL && expires_in > TTL / 2);
@@ -69,36 +70,36 @@ pub async fn claim_lifecycle(f: &dyn StateFixture) {
     assert!(matches!(s.dedup_entry("c", "h1").await.unwrap(), Some(DedupEntry::Claimed { ref owner, .. }) if owner == "a"));
     assert!(s.mark_done("c", "h1", "p1", &token).await.unwrap());
     for who in ["a", "b"] {
-        assert_eq!(s.claim("c", "h1", who, TTL).await.unwrap(), Claim::Done { point_id: "p1".into(), token: token.clone() });
+        assert_eq!(s.claim("c", "h1", who, TTL, None).await.unwrap(), Claim::Done { point_id: "p1".into(), token: token.clone() });
     }
     assert_eq!(s.dedup_entry("c", "h1").await.unwrap(), Some(DedupEntry::Done { point_id: "p1".into() }));
     assert_eq!(s.dedup_entry("c", "never").await.unwrap(), None);
     s.release("c", "h1", &token).await.unwrap();
-    assert!(matches!(s.claim("c", "h1", "b", TTL).await.unwrap(), Claim::Done { .. }), "done is final");
+    assert!(matches!(s.claim("c", "h1", "b", TTL, None).await.unwrap(), Claim::Done { .. }), "done is final");
 }
 
 pub async fn expired_claim_is_retaken(f: &dyn StateFixture) {
     let s = f.open().await;
     // The holder "dies" holding a short claim; after its TTL another task takes it over.
-    let dead = match s.claim("c", "h", "dead-task", Duration::from_millis(150)).await.unwrap() {
+    let dead = match s.claim("c", "h", "dead-task", Duration::from_millis(150), None).await.unwrap() {
         Claim::Acquired { token } => token,
         other => panic!("{other:?}"),
     };
-    assert!(matches!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::HeldByOther { .. }));
+    assert!(matches!(s.claim("c", "h", "b", TTL, None).await.unwrap(), Claim::HeldByOther { .. }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.dedup_entry("c", "h").await.unwrap(), None, "an expired claim is no entry");
     let token = acquire(s.as_ref(), "c", "h", "b").await;
     assert_ne!(token, dead, "a new acquisition has a new token");
-    assert!(matches!(s.claim("c", "h", "dead-task", TTL).await.unwrap(), Claim::HeldByOther { ref owner, .. } if owner == "b"));
+    assert!(matches!(s.claim("c", "h", "dead-task", TTL, None).await.unwrap(), Claim::HeldByOther { ref owner, .. } if owner == "b"));
     s.release("c", "h", &dead).await.unwrap();
-    assert!(matches!(s.claim("c", "h", "x", TTL).await.unwrap(), Claim::HeldByOther { .. }), "an old token releases nothing");
+    assert!(matches!(s.claim("c", "h", "x", TTL, None).await.unwrap(), Claim::HeldByOther { .. }), "an old token releases nothing");
 }
 
 pub async fn release_and_clear(f: &dyn StateFixture) {
     let s = f.open().await;
     let token = acquire(s.as_ref(), "c", "h", "a").await;
     s.release("c", "h", "not-the-token").await.unwrap();
-    assert!(matches!(s.claim("c", "h", "b", TTL).await.unwrap(), Claim::HeldByOther { .. }), "only the holder's token releases");
+    assert!(matches!(s.claim("c", "h", "b", TTL, None).await.unwrap(), Claim::HeldByOther { .. }), "only the holder's token releases");
     s.release("c", "h", &token).await.unwrap();
     let again = acquire(s.as_ref(), "c", "h", "a").await;
     assert_ne!(again, token, "claimed again after a release: a new attempt");
@@ -133,11 +134,11 @@ pub async fn clears_refuse_older_done_marks(f: &dyn StateFixture) {
 pub async fn stale_done_entries_are_forgotten(f: &dyn StateFixture) {
     let s = f.open().await;
     store_done(s.as_ref(), "c", "h", "p").await;
-    let Claim::Done { token, .. } = s.claim("c", "h", "t", TTL).await.unwrap() else { panic!("done") };
+    let Claim::Done { token, .. } = s.claim("c", "h", "t", TTL, None).await.unwrap() else { panic!("done") };
     assert!(!s.forget_done("c", "h", "another").await.unwrap(), "only that entry");
     assert!(s.forget_done("c", "h", &token).await.unwrap());
     assert!(!s.forget_done("c", "h", &token).await.unwrap());
-    assert!(s.claim("c", "h", "t", TTL).await.unwrap().is_acquired(), "processed again");
+    assert!(s.claim("c", "h", "t", TTL, None).await.unwrap().is_acquired(), "processed again");
 }
 
 pub async fn active_jobs_and_purge(f: &dyn StateFixture) {
@@ -172,7 +173,7 @@ pub async fn concurrent_claims_have_one_winner(f: &dyn StateFixture) {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let s = Arc::clone(&s);
-            tokio::spawn(async move { s.claim("c", "same", &format!("w{i}"), TTL).await.unwrap() })
+            tokio::spawn(async move { s.claim("c", "same", &format!("w{i}"), TTL, None).await.unwrap() })
         })
         .collect();
     let mut acquired = 0;
@@ -331,4 +332,15 @@ pub async fn state_persists_across_reopen(f: &dyn StateFixture) {
     assert!(!s.record_outcome("j", "/a", &ItemOutcome::Processed).await.unwrap(), "item marks survive too");
     let ids: HashSet<String> = s.list_jobs(5).await.unwrap().into_iter().map(|j| j.job_id).collect();
     assert!(ids.contains("j"));
+}
+
+pub async fn an_ended_job_claims_nothing(f: &dyn StateFixture) {
+    let s = f.open().await;
+    s.create_job(&job("run")).await.unwrap();
+    assert!(s.claim("c", "h", "t1", TTL, Some("run")).await.unwrap().is_acquired());
+    s.set_job_status("run", JobStatus::Cancelled, None).await.unwrap();
+    assert_eq!(s.claim("c", "h2", "t2", TTL, Some("run")).await.unwrap(), Claim::JobEnded);
+    assert_eq!(s.claim("c", "h2", "t2", TTL, Some("never-created")).await.unwrap(), Claim::JobEnded);
+    assert_eq!(s.dedup_entry("c", "h2").await.unwrap(), None, "nothing taken");
+    assert!(s.claim("c", "h2", "t2", TTL, None).await.unwrap().is_acquired(), "without a job, as before");
 }

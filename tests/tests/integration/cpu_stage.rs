@@ -599,7 +599,7 @@ async fn a_dead_workers_claim_is_taken_back_by_its_task_at_once_and_stored_once(
     let task = pipeline.queue.fetch(Stream::Files, 1, Duration::from_secs(1)).await.unwrap().pop().unwrap();
     let file_task: FileTask = messages::decode(&task.payload).unwrap();
     let owner = imgfleet_worker_cpu::stage::task_owner(&file_task.job_id, &file_task.path);
-    assert!(pipeline.state.claim(COLLECTION, &sha, &owner, ttl).await.unwrap().is_acquired());
+    assert!(pipeline.state.claim(COLLECTION, &sha, &owner, ttl, None).await.unwrap().is_acquired());
     let claimed_at = Instant::now();
     drop(task); // dies unsettled: the queue delivers it again after its ack wait
 

@@ -70,7 +70,7 @@ async fn keeps_working_across_a_redis_restart() {
         assert!(matches!(got, Err(StateError::Unavailable(_))), "{got:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     }
-    let got = tokio::time::timeout(Duration::from_secs(10), s.claim("c", "h2", "w", TTL)).await.expect("no hang");
+    let got = tokio::time::timeout(Duration::from_secs(10), s.claim("c", "h2", "w", TTL, None)).await.expect("no hang");
     assert!(matches!(got, Err(StateError::Unavailable(_))), "{got:?}");
 
     tokio::task::block_in_place(|| server.start_again());
@@ -86,7 +86,7 @@ async fn keeps_working_across_a_redis_restart() {
     s.mark_scan_complete("j").await.unwrap();
     let done = s.complete_if_done("j").await.unwrap().expect("completes");
     assert_eq!((done.counts.discovered, done.counts.processed, done.counts.failed), (3, 2, 1));
-    assert!(s.claim("c", "h2", "w", TTL).await.unwrap().is_acquired());
+    assert!(s.claim("c", "h2", "w", TTL, None).await.unwrap().is_acquired());
 
     // A second restart with the store idle in between.
     tokio::task::block_in_place(|| server.restart());
@@ -176,7 +176,7 @@ async fn counters_exact_with_8_writers_over_2_connections() {
     let tasks: Vec<_> = (0..16)
         .map(|w| {
             let s = Arc::clone(&stores[w % 2]);
-            tokio::spawn(async move { s.claim("c", "same", &format!("w{w}"), TTL).await.unwrap() })
+            tokio::spawn(async move { s.claim("c", "same", &format!("w{w}"), TTL, None).await.unwrap() })
         })
         .collect();
     let mut acquired = 0;
@@ -218,16 +218,16 @@ async fn void_claims_keeps_done_entries_and_other_prefixes() {
     let other = connect(&server, "other:").await;
     for i in 0..1500 {
         let coll = if i % 2 == 0 { "c" } else { "d" };
-        assert!(s.claim(coll, &format!("h{i}"), "dead-worker", TTL).await.unwrap().is_acquired());
+        assert!(s.claim(coll, &format!("h{i}"), "dead-worker", TTL, None).await.unwrap().is_acquired());
     }
     for i in 0..10 {
         store_done(&s, "c", &format!("done{i}"), &format!("p{i}")).await;
     }
-    other.claim("c", "h0", "someone", TTL).await.unwrap();
+    other.claim("c", "h0", "someone", TTL, None).await.unwrap();
     assert_eq!(s.void_claims().await.unwrap(), 1500);
     assert_eq!(s.void_claims().await.unwrap(), 0);
     assert_eq!(s.dedup_entry("c", "h0").await.unwrap(), None);
-    assert!(s.claim("c", "h0", "new-worker", TTL).await.unwrap().is_acquired());
+    assert!(s.claim("c", "h0", "new-worker", TTL, None).await.unwrap().is_acquired());
     assert_eq!(s.dedup_entry("c", "done3").await.unwrap(), Some(DedupEntry::Done { point_id: "p3".into() }));
     assert!(matches!(other.dedup_entry("c", "h0").await.unwrap(), Some(DedupEntry::Claimed { ref owner, .. }) if owner == "someone"));
 }
@@ -245,7 +245,7 @@ async fn clear_dedup_is_scoped_by_collection_and_prefix() {
     store_done(&s, "c:x", "h", "p").await;
     store_done(&s, "cx", "h", "p").await;
     store_done(&other, "c", "h1", "p").await;
-    s.claim("c", "claimed", "w", TTL).await.unwrap();
+    s.claim("c", "claimed", "w", TTL, None).await.unwrap();
 
     assert_eq!(s.clear_dedup(Some("c")).await.unwrap(), 2501);
     assert_eq!(s.dedup_entry("c", "h7").await.unwrap(), None);
