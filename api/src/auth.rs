@@ -44,6 +44,7 @@ mod tests {
         for (method, route, scope) in [
             (&get, "/api/v1/images/{id}/file", Scope::Read),
             (&get, "/api/v1/jobs", Scope::Read),
+            (&get, "/api/v1/workers", Scope::Read),
             (&post, "/api/v1/search", Scope::Read),
             (&post, "/api/v1/duplicates", Scope::Read),
             (&post, "/api/v1/ingest/", Scope::Write),

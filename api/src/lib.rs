@@ -37,6 +37,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(routes::images::routes())
         .merge(routes::duplicates::routes())
         .merge(routes::ingest::routes())
+        .merge(routes::workers::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_scope));
     Router::new()
         .nest("/api/v1", api)

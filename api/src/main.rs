@@ -84,6 +84,10 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => info!("no encoder worker answered within 3 s; text and image search answer 503 until one does"),
     }
 
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let workers = imgfleet_shared::adapters::nats_workers::follow(&queue.client(), stop.clone())
+        .await
+        .context("subscribing to the workers' heartbeats")?;
     let work_queue: Arc<dyn WorkQueue> = queue.clone();
     let encoder_port: Arc<dyn Encoder> = encoder;
     let app = AppState::new(AppStateParts {
@@ -96,12 +100,12 @@ async fn main() -> anyhow::Result<()> {
         encoder: Some(encoder_port),
         ingest_roots,
         thumbnailer: Some(Arc::new(CpuThumbnailer::new(&imgfleet_worker_cpu::CpuStageConfig::default()))),
+        workers: Some(workers),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     info!(roots = ?app.ingest_roots, embedded_store = embedded, "ingest roots");
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     if embedded || !cli.no_indexer {
         if embedded && cli.no_indexer {

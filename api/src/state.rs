@@ -7,6 +7,7 @@ use std::time::Duration;
 use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance};
 use imgfleet_shared::http::ApiKeys;
 use imgfleet_shared::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
+use imgfleet_shared::workers::WorkerRegistry;
 
 use crate::admission::{FsGate, Slots};
 use crate::error::{AppError, AppResult};
@@ -35,6 +36,9 @@ pub struct Inner {
     /// Canonical directories that ingest paths (and served originals) must lie in.
     pub ingest_roots: Vec<PathBuf>,
     pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
+    /// The live encoder workers (`GET /api/v1/workers`); `None`: no encoder works for this
+    /// server's pipeline.
+    pub workers: Option<Arc<WorkerRegistry>>,
     /// Blocking file system calls, bounded in number and time.
     pub fs: FsGate,
     /// Thumbnails rendered at once (one per core) and waiting.
@@ -79,6 +83,7 @@ pub struct AppStateParts {
     /// Canonicalised by [`AppState::new`]; each must exist.
     pub ingest_roots: Vec<PathBuf>,
     pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
+    pub workers: Option<Arc<WorkerRegistry>>,
 }
 
 impl AppStateParts {
@@ -94,6 +99,7 @@ impl AppStateParts {
             encoder: None,
             ingest_roots: Vec::new(),
             thumbnailer: None,
+            workers: None,
         }
     }
 }
@@ -111,6 +117,7 @@ impl AppState {
             encoder,
             ingest_roots,
             thumbnailer,
+            workers,
         } = parts;
         let ingest_roots = ingest_roots
             .iter()
@@ -149,6 +156,7 @@ impl AppState {
             encoder,
             ingest_roots,
             thumbnailer,
+            workers,
             fs: FsGate::new(MAX_FS_CALLS),
             thumbnail_slots: Slots::new("thumbnail", cores(), THUMBNAILS_WAITING, Duration::from_secs(10)),
             duplicate_slots: Slots::new("duplicates", DUPLICATES_RUNNING, DUPLICATES_WAITING, Duration::from_secs(5)),

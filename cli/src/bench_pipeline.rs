@@ -118,7 +118,8 @@ async fn bench_one(args: &PipelineBench, scratch: &Path, clip: &Path, blip: &Pat
     let models = EncoderArgs {
         models: ModelArgs { clip_model: clip.display().to_string(), blip_model: blip.display().to_string(), no_caption: false },
         device: args.device.clone(),
-        encoder_batch: args.encoder_batch,
+        encoder_batch: Some(args.encoder_batch as u32),
+        caption_sub_batch: 0,
     };
     let encoder = Arc::new(load_encoder(&models).await?);
     let photos = scratch.join(format!("photos-{images}-{}", args.max_side));
@@ -219,7 +220,7 @@ async fn cpu_alone(dir: &Path, photos: &Path, encoder: &TchEncoder, images: usiz
         blip_size: encoder.blip_input_size().unwrap_or(0),
         worker_id: Some("bench".into()),
         // The prepared images are collected, not encoded: no backpressure from the encoders.
-        max_prepared_waiting: 0,
+        max_prepared_waiting: imgfleet_worker_cpu::PreparedLimit::Unlimited,
         ..CpuStageConfig::default()
     };
     let cpu = CpuStage::new(queue.clone(), state.clone(), config)?;

@@ -44,6 +44,8 @@ enum Bench {
     Blip(imgfleet_worker_gpu::bench::BlipBench),
     /// Embedded end-to-end images/s on generated photos beside each stage's own throughput.
     Pipeline(bench_pipeline::PipelineBench),
+    /// Search latency (p50/p95) during an ingest, with and without the model thread's search lane.
+    Search(imgfleet_worker_gpu::bench_search::SearchBench),
 }
 
 /// `serve` and `bench pipeline` run the models beside decoding threads: see
@@ -87,6 +89,10 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Bench(Bench::Blip(args)) => {
             print!("{}", imgfleet_worker_gpu::bench::run_blip(&args)?);
+            Ok(())
+        }
+        Command::Bench(Bench::Search(args)) => {
+            print!("{}", imgfleet_worker_gpu::bench_search::run(&args).await?);
             Ok(())
         }
         Command::Bench(Bench::Pipeline(args)) => {

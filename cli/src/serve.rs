@@ -16,6 +16,7 @@ use imgfleet_shared::domain::CollectionName;
 use imgfleet_shared::messages::{self, FileTask, ScanRequest};
 use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
+use imgfleet_shared::workers::WorkerRegistry;
 use imgfleet_worker_cpu::scan::file_task_id;
 use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder, parse_device};
@@ -33,9 +34,15 @@ pub struct EncoderArgs {
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,
 
-    /// Images per model batch on CPU (on CUDA the largest batch that fits is probed).
-    #[arg(long, env = "IMGFLEET_ENCODER_BATCH", default_value_t = 16)]
-    pub encoder_batch: usize,
+    /// Images per model batch. On CPU it is the batch (default 16); on CUDA the largest batch
+    /// that fits is probed up to this bound (default 512), never more; at most 512.
+    #[arg(long, env = "IMGFLEET_ENCODER_BATCH", value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub encoder_batch: Option<u32>,
+
+    /// Captions of an ingest batch are made this many images at a time, with waiting search
+    /// requests served between them; 0: a quarter of the caption batch.
+    #[arg(long, env = "IMGFLEET_CAPTION_SUB_BATCH", default_value_t = 0)]
+    pub caption_sub_batch: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -87,6 +94,8 @@ impl Embedded {
         let vectors = EdgeVectorStore::open_with(&api.data_dir, api.edge_store_options()).context("opening the vector store")?;
         let clip_size = encoder.clip_input_size();
         let blip_size = encoder.blip_input_size().unwrap_or(0);
+        // The encoder stage's batches wait behind search requests on the model thread.
+        let ingest: Arc<dyn Encoder> = Arc::new(encoder.ingest_lane());
         let encoder: Arc<dyn Encoder> = encoder;
         let capabilities = encoder.capabilities();
 
@@ -114,9 +123,14 @@ impl Embedded {
         if cpu_config.worker_id.is_none() {
             cpu_config.worker_id = Some("embedded".into());
         }
-        let cpu = CpuStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone()).context("CPU stage settings")?;
+        // `GET /api/v1/workers` lists the in-process encoder, heartbeats and all, as a fleet's.
+        let workers = WorkerRegistry::new();
+        let cpu = CpuStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone())
+            .context("CPU stage settings")?
+            .following(workers.clone());
         let scanner = Scanner::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks);
-        let encoder_stage = EncoderStage::new(work_queue.clone(), state_store.clone(), encoder.clone(), encoder_config);
+        let encoder_stage = EncoderStage::new(work_queue.clone(), state_store.clone(), ingest, encoder_config);
+        let announcer = encoder_stage.announcer("embedded".into());
         let indexer = Indexer::new(
             work_queue.clone(),
             state_store.clone(),
@@ -143,6 +157,7 @@ impl Embedded {
             encoder: Some(encoder.clone()),
             ingest_roots,
             thumbnailer: Some(Arc::new(CpuThumbnailer::new(&cpu_config))),
+            workers: Some(workers.clone()),
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -166,6 +181,13 @@ impl Embedded {
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
         }
+        tasks.push(tokio::spawn(announcer.run(
+            move |heartbeat| {
+                workers.record(heartbeat);
+                std::future::ready(Ok(()))
+            },
+            stop.clone(),
+        )));
         tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
         tasks.push(tokio::spawn(imgfleet_shared::job_status::maintain_jobs(
             state_store.clone(),
@@ -206,8 +228,10 @@ pub async fn load_encoder(args: &EncoderArgs) -> anyhow::Result<TchEncoder> {
         clip_model: models.clip_model.clone(),
         blip_model: models.captioner().map(str::to_owned),
         device,
-        cpu_batch: args.encoder_batch,
+        max_batch: imgfleet_worker_gpu::default_batch(args.encoder_batch, device),
         max_waiting: 64,
+        caption_sub_batch: args.caption_sub_batch,
+        search_first: true,
     };
     info!(clip = %options.clip_model, blip = ?options.blip_model, device = %args.device, "loading models (a hub id is downloaded on first use)");
     Ok(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await?.context("loading the models")?)

@@ -11,7 +11,9 @@ pub mod messages;
 pub mod metrics;
 pub mod model_dir;
 pub mod names;
+pub mod pixel_codec;
 pub mod ports;
 pub mod telemetry;
+pub mod workers;
 
 pub use domain::*;

@@ -100,6 +100,10 @@ pub const ENCODE_IMAGE_SUBJECT: &str = "imgfleet.rpc.embed_image";
 pub const ENCODE_CAPABILITIES_SUBJECT: &str = "imgfleet.rpc.capabilities";
 pub const ENCODER_QUEUE_GROUP: &str = "imgfleet-encoders";
 
+/// Core NATS subject (no stream) the encoder workers' heartbeats go out on; every process that
+/// follows the fleet's capacity subscribes to it.
+pub const WORKER_HEARTBEAT_SUBJECT: &str = "imgfleet.workers.heartbeat";
+
 /// Prefix of every Prometheus metric.
 pub const METRIC_PREFIX: &str = "imgfleet";
 

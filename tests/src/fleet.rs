@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use imgfleet_worker_cpu::PreparedLimit;
+
 use crate::harness::{ChildProcess, fixture_models};
 use crate::nats_server::NatsServer;
 use crate::redis_server::RedisServer;
@@ -24,12 +26,24 @@ pub struct FleetOptions {
     pub cpu_concurrency: usize,
     /// `--max-prepared-waiting` of the CPU workers: keeps the time from claim to stored (and
     /// so under the claim TTL) short.
-    pub max_prepared_waiting: u64,
+    pub max_prepared_waiting: PreparedLimit,
+    /// `--max-ack-pending` of every process (`None`: the default).
+    pub max_ack_pending: Option<u32>,
+    /// More flags for the CPU workers.
+    pub cpu_args: Vec<String>,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
-        Self { cpu_workers: 2, gpu_batches: vec![4, 8], ack_wait_secs: 10, cpu_concurrency: 1, max_prepared_waiting: 128 }
+        Self {
+            cpu_workers: 2,
+            gpu_batches: vec![4, 8],
+            ack_wait_secs: 10,
+            cpu_concurrency: 1,
+            max_prepared_waiting: PreparedLimit::Fixed(128),
+            max_ack_pending: None,
+            cpu_args: Vec::new(),
+        }
     }
 }
 
@@ -78,7 +92,7 @@ impl Fleet {
     /// The flags every process gets: servers, models, queue settings.
     fn common_args(nats: &NatsServer, redis: &RedisServer, options: &FleetOptions) -> Vec<String> {
         let models = fixture_models();
-        vec![
+        let mut args = vec![
             "--nats-url".into(),
             nats.url(),
             "--redis-url".into(),
@@ -92,7 +106,11 @@ impl Fleet {
             // Settled quickly in tests; restarts of the servers are waited out, not given up on.
             "--connect-retry-secs".into(),
             "120".into(),
-        ]
+        ];
+        if let Some(limit) = options.max_ack_pending {
+            args.extend(["--max-ack-pending".to_owned(), limit.to_string()]);
+        }
+        args
     }
 
     fn spawn(&self, worker: Worker) -> ChildProcess {
@@ -106,6 +124,7 @@ impl Fleet {
                 args.extend(["--held-retry-ms".to_owned(), "500".into()]);
                 args.extend(["--max-prepared-waiting".to_owned(), self.options.max_prepared_waiting.to_string()]);
                 args.extend(["--ingest-root".to_owned(), self.root.display().to_string()]);
+                args.extend(self.options.cpu_args.iter().cloned());
                 ChildProcess::spawn("imgfleet-worker-cpu", &args)
             }
             Worker::Gpu(slot) => {
@@ -129,6 +148,11 @@ impl Fleet {
             let _ = process.child.kill();
             let _ = process.child.wait();
         }
+    }
+
+    /// SIGTERM, and wait for its clean exit.
+    pub fn terminate(&mut self, worker: Worker) -> Option<std::process::ExitStatus> {
+        self.slot(worker).take().map(ChildProcess::terminate)
     }
 
     /// Starts a killed worker again in its slot.

@@ -3,9 +3,65 @@
 
 use std::time::Duration;
 
+use imgfleet_shared::pixel_codec::PixelCodec;
+
 use crate::decode::DecodeLimits;
 use crate::prepare::{PrepareOptions, prepared_message_bound};
 use crate::scan::SymlinkPolicy;
+
+/// How many prepared images may wait for the encoders (`--max-prepared-waiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreparedLimit {
+    /// Follow the live encoders: [`PREPARED_PER_ENCODER_IMAGE`] × the sum of their batches, at
+    /// least [`MIN_PREPARED_WAITING`].
+    Auto,
+    Fixed(u64),
+    Unlimited,
+}
+
+/// Prepared images let wait per image the live encoders take in a batch: one batch being
+/// encoded, one ready for the next fetch.
+pub const PREPARED_PER_ENCODER_IMAGE: u64 = 2;
+/// What `auto` lets wait while no encoder is heard from (so the first one starts at once).
+pub const MIN_PREPARED_WAITING: u64 = 32;
+/// What `auto` lets wait where the stage has no view of the encoders.
+pub const BLIND_PREPARED_WAITING: u64 = 1024;
+
+impl PreparedLimit {
+    /// The limit for encoders that take `encoder_batches` images at once (`None`: unknown);
+    /// `None` for no limit.
+    pub fn limit(self, encoder_batches: Option<usize>) -> Option<u64> {
+        match self {
+            Self::Unlimited => None,
+            Self::Fixed(n) => Some(n),
+            Self::Auto => Some(match encoder_batches {
+                Some(total) => (PREPARED_PER_ENCODER_IMAGE * total as u64).max(MIN_PREPARED_WAITING),
+                None => BLIND_PREPARED_WAITING,
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for PreparedLimit {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "auto" => Ok(Self::Auto),
+            "0" => Ok(Self::Unlimited),
+            n => n.parse().map(Self::Fixed).map_err(|_| format!("{text:?} is neither `auto` nor a number of images")),
+        }
+    }
+}
+
+impl std::fmt::Display for PreparedLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(n) => write!(f, "{n}"),
+            Self::Unlimited => f.write_str("0"),
+        }
+    }
+}
 
 /// Largest message the queue carries (nats.conf `max_payload: 4MB`).
 pub const MAX_QUEUE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -61,9 +117,16 @@ pub struct CpuStageConfig {
     pub symlinks: SymlinkPolicy,
     /// Prepared images waiting for the encoders (or being encoded) beyond which this stage
     /// stops taking file tasks: it bounds the queue's storage and how long a dedup claim
-    /// waits for its image to be stored (keep that well under --claim-ttl-secs). 0: no limit.
-    #[arg(long, env = "IMGFLEET_MAX_PREPARED_WAITING", default_value_t = 1024)]
-    pub max_prepared_waiting: u64,
+    /// waits for its image to be stored (keep that well under --claim-ttl-secs). `auto`:
+    /// twice the sum of the batches the live encoder workers pull (from their heartbeats), at
+    /// least 32; a number: that many; 0: no limit.
+    #[arg(long, env = "IMGFLEET_MAX_PREPARED_WAITING", default_value_t = PreparedLimit::Auto)]
+    pub max_prepared_waiting: PreparedLimit,
+    /// How prepared images' pixels travel to the encoders: `lossless` (predicted and
+    /// zstd-compressed: the same pixels in about a third of the bytes of photos) or `raw` (RGB8
+    /// as they are, which encoder workers of every version read).
+    #[arg(long, env = "IMGFLEET_PREPARED_CODEC", default_value_t = PixelCodec::Lossless)]
+    pub prepared_codec: PixelCodec,
     /// This worker's name in logs; default `cpu-<hostname>-<pid>`. (Dedup claims belong to
     /// tasks, not workers: a worker restarted under any name loses nothing.)
     #[arg(long, env = "IMGFLEET_WORKER_ID")]
@@ -86,7 +149,8 @@ impl Default for CpuStageConfig {
             retry_base_ms: 500,
             fetch_wait_ms: 1_000,
             symlinks: SymlinkPolicy::InsideRoot,
-            max_prepared_waiting: 1024,
+            max_prepared_waiting: PreparedLimit::Auto,
+            prepared_codec: PixelCodec::Lossless,
             worker_id: None,
         }
     }
@@ -196,5 +260,27 @@ mod tests {
         // Only the defaults are compared: the IMGFLEET_* environment is not set in unit tests.
         let parsed = Cli::try_parse_from(["test"]).unwrap().config;
         assert_eq!(parsed, CpuStageConfig::default());
+    }
+}
+
+#[cfg(test)]
+mod prepared_limit_tests {
+    use super::*;
+
+    #[test]
+    fn the_prepared_limit_follows_the_live_encoders() {
+        assert_eq!("auto".parse::<PreparedLimit>(), Ok(PreparedLimit::Auto));
+        assert_eq!("0".parse::<PreparedLimit>(), Ok(PreparedLimit::Unlimited));
+        assert_eq!("128".parse::<PreparedLimit>(), Ok(PreparedLimit::Fixed(128)));
+        assert!("lots".parse::<PreparedLimit>().unwrap_err().contains("neither `auto` nor a number"));
+        for limit in [PreparedLimit::Auto, PreparedLimit::Fixed(7), PreparedLimit::Unlimited] {
+            assert_eq!(limit.to_string().parse::<PreparedLimit>(), Ok(limit));
+        }
+        // Four workers pulling 512 are never starved: 4,096 may wait.
+        assert_eq!(PreparedLimit::Auto.limit(Some(4 * 512)), Some(4096));
+        assert_eq!(PreparedLimit::Auto.limit(Some(0)), Some(MIN_PREPARED_WAITING));
+        assert_eq!(PreparedLimit::Auto.limit(None), Some(BLIND_PREPARED_WAITING));
+        assert_eq!(PreparedLimit::Fixed(128).limit(Some(4096)), Some(128));
+        assert_eq!(PreparedLimit::Unlimited.limit(Some(4)), None);
     }
 }

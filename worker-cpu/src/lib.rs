@@ -19,7 +19,7 @@ pub mod sniff;
 pub mod stage;
 pub mod thumbnail;
 
-pub use config::CpuStageConfig;
+pub use config::{CpuStageConfig, PreparedLimit};
 pub use failure::{FailureKind, FileFailure};
 pub use prepare::{PrepareOptions, PreparedPixels};
 pub use scan::{Scanner, SymlinkPolicy, Walk, WalkItem};

@@ -12,7 +12,7 @@ use clap::Parser;
 use imgfleet_shared::config::{FleetArgs, ModelArgs, model_geometry};
 use imgfleet_shared::http::ops;
 use imgfleet_shared::ports::{StateStore, WorkQueue};
-use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
+use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, PreparedLimit, Scanner};
 use tracing::info;
 
 const NAME: &str = "imgfleet-worker-cpu";
@@ -65,14 +65,23 @@ async fn main() -> anyhow::Result<()> {
     let geometry = model_geometry(&cli.models).await.context("reading the models' configs")?;
     cli.cpu.clip_size = geometry.clip_size;
     cli.cpu.blip_size = geometry.blip_size.unwrap_or(0);
-    if cli.cpu.max_prepared_waiting == 0 {
+    if cli.cpu.max_prepared_waiting == PreparedLimit::Unlimited {
         tracing::warn!("--max-prepared-waiting 0: prepared images may pile up in the queue and outlive their dedup claims");
     }
     let nats = cli.fleet.connect_queue(NAME).await?;
     let state: Arc<dyn StateStore> = cli.fleet.connect_state(NAME).await?;
     imgfleet_shared::config::account_given_up(&nats, state.clone());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let encoders = imgfleet_shared::adapters::nats_workers::follow(&nats.client(), stop.clone())
+        .await
+        .context("subscribing to the encoder workers' heartbeats")?;
+    let mut tasks = vec![tokio::spawn(imgfleet_shared::adapters::nats_workers::follow_in_flight_limit(
+        nats.clone(),
+        encoders.clone(),
+        stop.clone(),
+    ))];
     let queue: Arc<dyn WorkQueue> = nats;
-    let stage = CpuStage::new(queue.clone(), state.clone(), cli.cpu.clone()).context("CPU stage settings")?;
+    let stage = CpuStage::new(queue.clone(), state.clone(), cli.cpu.clone()).context("CPU stage settings")?.following(encoders);
     info!(
         owner = stage.owner(),
         concurrency = cli.cpu.effective_concurrency(),
@@ -81,8 +90,6 @@ async fn main() -> anyhow::Result<()> {
         "ready"
     );
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
     if !cli.no_scan {
         let scanner = Scanner::new(queue.clone(), state.clone(), cli.cpu.symlinks)
             .with_ingest_roots(&cli.ingest_roots)

@@ -33,6 +33,7 @@ use imgfleet_shared::messages::{self, DuplicatePath, FileTask, PreparedImage};
 use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::state::FULL_DISK_PAUSE;
 use imgfleet_shared::ports::{Claim, Delivery, QueueError, Settle, StateError, StateStore, WorkQueue, publish_attempt};
+use imgfleet_shared::workers::WorkerRegistry;
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, CpuStageConfig};
@@ -80,6 +81,8 @@ pub struct CpuStage {
     owner: String,
     concurrency: usize,
     jobs: JobStatusCache,
+    /// The live encoder workers, whose batches size `--max-prepared-waiting auto`.
+    encoders: Option<Arc<WorkerRegistry>>,
 }
 
 impl CpuStage {
@@ -88,7 +91,19 @@ impl CpuStage {
         let options = config.prepare_options();
         let owner = config.effective_worker_id();
         let concurrency = config.effective_concurrency();
-        Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default() })
+        Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default(), encoders: None })
+    }
+
+    /// Lets as many prepared images wait as the live encoders in `registry` take (with
+    /// `--max-prepared-waiting auto`).
+    pub fn following(mut self, registry: Arc<WorkerRegistry>) -> Self {
+        self.encoders = Some(registry);
+        self
+    }
+
+    /// How many prepared images may wait now; `None`: no limit.
+    pub fn prepared_limit(&self) -> Option<u64> {
+        self.config.max_prepared_waiting.limit(self.encoders.as_ref().map(|r| r.total_batch()))
     }
 
     /// This worker's name, for logs (claims belong to tasks, see [`task_owner`]).
@@ -112,13 +127,15 @@ impl CpuStage {
         Ok(fetched)
     }
 
-    /// Whether fewer prepared images than `max_prepared_waiting` wait for the encoders.
+    /// Whether fewer prepared images than [`Self::prepared_limit`] wait for the encoders.
     async fn encoders_have_room(&self) -> Result<bool, QueueError> {
-        if self.config.max_prepared_waiting == 0 {
+        let Some(limit) = self.prepared_limit() else {
+            PREPARED_LIMIT.set(-1);
             return Ok(true);
-        }
+        };
+        PREPARED_LIMIT.set(i64::try_from(limit).unwrap_or(i64::MAX));
         let depth = self.queue.depth(Stream::Prepared).await?;
-        Ok(depth.pending + depth.in_flight < self.config.max_prepared_waiting)
+        Ok(depth.pending + depth.in_flight < limit)
     }
 
     /// Runs batches until `shutdown` turns true (checked between batches, so no delivery is
@@ -221,7 +238,15 @@ impl CpuStage {
                     blip_pixels: pixels.blip_pixels,
                     claim_token: token.clone(),
                 };
-                let bytes = messages::encode_prepared(&message);
+                // Coding the pixels is CPU work too: on the blocking pool.
+                let codec = self.config.prepared_codec;
+                let bytes = match blocking(move || Ok(messages::encode_prepared_with(&message, codec))).await {
+                    Ok(bytes) => bytes,
+                    Err(failure) => {
+                        self.state.release(&task.collection, &sha256, &token).await?;
+                        return self.fail(task, failure).await;
+                    }
+                };
                 let bound = prepared_message_bound(self.options.clip_size, self.options.blip_size);
                 if bytes.len() > bound {
                     // Unreachable by the bound's construction; failing beats a queue rejection loop.
@@ -266,6 +291,16 @@ impl CpuStage {
         Ok(Settle::Ack)
     }
 }
+
+static PREPARED_LIMIT: std::sync::LazyLock<prometheus::IntGauge> = std::sync::LazyLock::new(|| {
+    imgfleet_shared::metrics::register(
+        prometheus::IntGauge::new(
+            "prepared_waiting_limit",
+            "Prepared images the CPU stage lets wait for the encoders now (--max-prepared-waiting; auto follows the live encoders' batches); -1: no limit",
+        )
+        .expect("valid metric"),
+    )
+});
 
 /// Runs CPU-heavy work on the blocking pool. A panic inside is the file's fault (a decoder bug
 /// on hostile input): it fails the file instead of the worker.

@@ -33,10 +33,23 @@ pub struct GpuWorkerConfig {
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,
 
-    /// Images per forward pass on CPU (on CUDA the largest batch that fits is probed). The
-    /// queue hands this worker batches of this size.
-    #[arg(long, env = "IMGFLEET_ENCODER_BATCH", default_value_t = 16)]
-    pub encoder_batch: usize,
+    /// Images per forward pass, the batch this worker pulls from the queue. On CPU it is the
+    /// batch (default 16); on CUDA the largest batch that fits is probed up to this bound
+    /// (default 512), never more. At most 512: nats.conf's `max_pending` holds such a pull.
+    #[arg(long, env = "IMGFLEET_ENCODER_BATCH", value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub encoder_batch: Option<u32>,
+
+    /// This worker's name in `GET /api/v1/workers` and its heartbeats; default
+    /// `gpu-<hostname>-<pid>`.
+    #[arg(long, env = "IMGFLEET_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Captions of an ingest batch are made this many images at a time, and the search
+    /// requests waiting are served between them, so a search waits for one sub-batch, not a
+    /// whole caption batch (smaller: searches sooner, captions a little slower). 0: a quarter
+    /// of the caption batch.
+    #[arg(long, env = "IMGFLEET_CAPTION_SUB_BATCH", default_value_t = 0)]
+    pub caption_sub_batch: usize,
 
     /// Requests queued for the model beyond the running one; more get 429 at once.
     #[arg(long, env = "IMGFLEET_MAX_WAITING", default_value_t = 64)]
@@ -89,6 +102,8 @@ impl std::fmt::Debug for GpuWorkerConfig {
             .field("fleet", &self.fleet)
             .field("device", &self.device)
             .field("encoder_batch", &self.encoder_batch)
+            .field("worker_id", &self.worker_id)
+            .field("caption_sub_batch", &self.caption_sub_batch)
             .field("max_waiting", &self.max_waiting)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_request_pixels", &self.max_request_pixels)

@@ -3,11 +3,13 @@
 //! URL) the fleet's encoder stage and search responder.
 
 pub mod bench;
+pub mod bench_search;
 pub mod blip;
 pub mod clip;
 pub mod config;
 pub mod generate;
 pub mod http;
+pub mod lanes;
 pub mod layers;
 /// Re-exported from `imgfleet_shared`, where every process resolves model names.
 pub use imgfleet_shared::model_dir;
@@ -43,14 +45,15 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
         clip_model: config.models.clip_model.clone(),
         blip_model: config.models.captioner().map(str::to_owned),
         device,
-        cpu_batch: config.encoder_batch,
+        max_batch: default_batch(config.encoder_batch, device),
         max_waiting: config.max_waiting,
+        caption_sub_batch: config.caption_sub_batch,
+        search_first: true,
     };
-    let encoder: Arc<dyn Encoder> = Arc::new(
-        tokio::task::spawn_blocking(move || TchEncoder::start(options))
-            .await?
-            .context("loading the models")?,
-    );
+    let models = tokio::task::spawn_blocking(move || TchEncoder::start(options)).await?.context("loading the models")?;
+    // The encoder stage's batches wait behind search requests (ML API and NATS alike).
+    let ingest: Arc<dyn Encoder> = Arc::new(models.ingest_lane());
+    let encoder: Arc<dyn Encoder> = Arc::new(models);
     let capabilities = encoder.capabilities();
     tracing::info!(?capabilities, "models loaded");
 
@@ -63,8 +66,15 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
         let client = queue.client();
         let queue: Arc<dyn WorkQueue> = queue;
         let stage_config = EncoderStageConfig { max_deliver: config.fleet.max_deliver, ..EncoderStageConfig::default() };
-        let stage = EncoderStage::new(queue, state, encoder.clone(), stage_config);
-        tracing::info!(batch = stage.batch(), captions = stage.captions(), "joining the fleet: encoding prepared images, answering search requests");
+        let stage = EncoderStage::new(queue, state, ingest, stage_config);
+        let worker_id = config.worker_id.clone().unwrap_or_else(|| imgfleet_shared::workers::default_worker_id("gpu"));
+        tracing::info!(worker_id, batch = stage.batch(), captions = stage.captions(), "joining the fleet: encoding prepared images, answering search requests");
+        {
+            let announcer = stage.announcer(worker_id);
+            let client = client.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(imgfleet_shared::adapters::nats_workers::announce(client, announcer, stop)));
+        }
         {
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move { stage.run(stop).await }));
@@ -85,6 +95,18 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
     ops::join_stages(tasks, STOP_GRACE).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Batch on CPU when --encoder-batch is not given.
+pub const DEFAULT_CPU_BATCH: usize = 16;
+
+/// The batch (CPU) or the probe's bound (CUDA) for `--encoder-batch`.
+pub fn default_batch(encoder_batch: Option<u32>, device: tch::Device) -> usize {
+    match encoder_batch {
+        Some(batch) => batch as usize,
+        None if device.is_cuda() => runtime::MAX_PROBED_BATCH,
+        None => DEFAULT_CPU_BATCH,
+    }
 }
 
 /// libtorch's OpenMP threads busy-wait between parallel regions by default (libgomp reads

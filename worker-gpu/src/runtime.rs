@@ -1,10 +1,11 @@
 //! The model runtime: one dedicated OS thread owns the models (a forward pass never runs on
-//! a tokio worker), fed by a bounded queue; callers get their answer on a oneshot channel.
-//! Admission is decided up front: when the queue is full the caller hears `Overloaded` at once.
+//! a tokio worker), fed by two bounded lanes ([`crate::lanes`]): search requests go before
+//! ingest batches, and an ingest batch's captions are made a sub-batch at a time with the
+//! waiting searches served in between. Callers get their answer on a oneshot channel.
+//! Admission is decided up front: when a lane is full the caller hears `Overloaded` at once.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, sync_channel};
 
 use async_trait::async_trait;
 use imgfleet_shared::domain::{Capabilities, RgbImage};
@@ -15,6 +16,7 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::blip::BlipModel;
 use crate::clip::{ClipModel, normalise_rows};
 use crate::generate::GenerationParams;
+use crate::lanes::{Lane, Lanes, Refused};
 use crate::model_dir::{ModelDir, ModelError};
 use crate::preprocess::ImageProcessorConfig;
 
@@ -54,10 +56,28 @@ pub struct RuntimeOptions {
     /// BLIP captioning checkpoint; `None` turns captioning off.
     pub blip_model: Option<String>,
     pub device: Device,
-    /// Batch size on CPU (on CUDA it is probed).
-    pub cpu_batch: usize,
+    /// The batch on CPU; on CUDA the most the probe may choose (it may choose less).
+    pub max_batch: usize,
     /// Requests waiting for the model beyond the one running; more are refused.
     pub max_waiting: usize,
+    /// Images per caption sub-batch of an ingest batch, between which waiting search
+    /// requests are served; 0: a quarter of the caption batch.
+    pub caption_sub_batch: usize,
+    /// Serve waiting search requests between an ingest job's sub-batches. Off, an ingest
+    /// job runs whole and its captions in batches of the full caption batch (what the
+    /// runtime did before the lanes; the search-latency benchmark's reference).
+    pub search_first: bool,
+}
+
+impl RuntimeOptions {
+    /// Captions per sub-batch for a caption batch of `blip_batch`.
+    fn caption_chunk(&self, blip_batch: usize) -> usize {
+        match (self.search_first, self.caption_sub_batch) {
+            (false, _) => blip_batch,
+            (true, 0) => (blip_batch / 4).max(1),
+            (true, n) => n.min(blip_batch).max(1),
+        }
+    }
 }
 
 enum Job {
@@ -77,9 +97,21 @@ struct Loaded {
     blip: Option<(ImageProcessorConfig, u32, usize)>,
 }
 
-/// The `Encoder` port on native tch models.
+/// Closes the lanes when the last encoder handle goes: the model thread then ends.
+struct JobSender(Arc<Lanes<Job>>);
+
+impl Drop for JobSender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The `Encoder` port on native tch models. This handle's requests go to the search lane;
+/// [`TchEncoder::ingest_lane`] gives the handle for the encoder stage's batches.
+#[derive(Clone)]
 pub struct TchEncoder {
-    jobs: SyncSender<Job>,
+    jobs: Arc<JobSender>,
+    lane: Lane,
     admission: Arc<Semaphore>,
     capabilities: Capabilities,
     processor: ImageProcessorConfig,
@@ -94,9 +126,11 @@ impl TchEncoder {
         let dir = ModelDir::resolve(&options.clip_model, CLIP_FILES)?;
         let blip_dir = options.blip_model.as_deref().map(|m| ModelDir::resolve(m, BLIP_FILES)).transpose()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (jobs, queue) = sync_channel::<Job>(options.max_waiting.max(1));
+        let lanes = Arc::new(Lanes::new(options.max_waiting.max(1)));
+        let queue = lanes.clone();
+        let serving_options = options.clone();
         let device = options.device;
-        let cpu_batch = options.cpu_batch.max(1);
+        let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("imgfleet-models".into())
             .spawn(move || {
@@ -109,8 +143,8 @@ impl TchEncoder {
                         return;
                     }
                 };
-                let batch = if device.is_cuda() { probe_batch(&model) } else { cpu_batch };
-                let blip_batch = blip.as_ref().map(|b| if device.is_cuda() { probe_blip_batch(b) } else { cpu_batch });
+                let batch = if device.is_cuda() { probe_batch(&model, max_batch) } else { max_batch };
+                let blip_batch = blip.as_ref().map(|b| if device.is_cuda() { probe_blip_batch(b, max_batch) } else { max_batch });
                 let info = Loaded {
                     processor: model.processor.clone(),
                     image_size: model.image_size(),
@@ -120,7 +154,9 @@ impl TchEncoder {
                     blip: blip.as_ref().zip(blip_batch).map(|(b, n)| (b.processor.clone(), b.image_size(), n)),
                 };
                 let _ = ready_tx.send(Ok(info));
-                serve(&model, blip.as_ref(), batch, blip_batch.unwrap_or(1), &queue);
+                let caption_chunk = serving_options.caption_chunk(blip_batch.unwrap_or(1));
+                let serving = Serving { model: &model, blip: blip.as_ref(), batch, caption_chunk, lanes: &queue, yielding: serving_options.search_first };
+                serving.serve();
             })
             .map_err(|e| ModelError::Hub(format!("cannot start the model thread: {e}")))?;
         let Loaded { processor, image_size, dim, clip_batch: batch, tokenizer, blip } = ready_rx
@@ -144,7 +180,8 @@ impl TchEncoder {
             "models loaded"
         );
         Ok(Self {
-            jobs,
+            jobs: Arc::new(JobSender(lanes)),
+            lane: Lane::Search,
             admission: Arc::new(Semaphore::new(options.max_waiting.max(1) + 1)),
             capabilities,
             processor,
@@ -152,6 +189,12 @@ impl TchEncoder {
             tokenizer: Arc::new(tokenizer),
             blip: blip.map(|(p, size, _)| (p, size)),
         })
+    }
+
+    /// The same models for the encoder stage: its jobs wait behind search requests, and its
+    /// captions are made a sub-batch at a time with waiting searches served in between.
+    pub fn ingest_lane(&self) -> Self {
+        Self { lane: Lane::Ingest, ..self.clone() }
     }
 
     /// Side of the CLIP image input (the CPU stage prepares pixels at this size).
@@ -167,9 +210,9 @@ impl TchEncoder {
     async fn submit<T>(&self, job: impl FnOnce(oneshot::Sender<Result<T, EncoderError>>) -> Job) -> Result<T, EncoderError> {
         let _permit = self.admission.clone().try_acquire_owned().map_err(|_| EncoderError::Overloaded)?;
         let (reply, answer) = oneshot::channel();
-        self.jobs.try_send(job(reply)).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => EncoderError::Overloaded,
-            std::sync::mpsc::TrySendError::Disconnected(_) => EncoderError::Unavailable("the model thread has stopped".into()),
+        self.jobs.0.push(self.lane, job(reply)).map_err(|e| match e {
+            Refused::Full => EncoderError::Overloaded,
+            Refused::Closed => EncoderError::Unavailable("the model thread has stopped".into()),
         })?;
         answer.await.map_err(|_| EncoderError::Unavailable("the model thread has stopped".into()))?
     }
@@ -258,29 +301,62 @@ async fn prepare_off_runtime(processor: ImageProcessorConfig, size: u32, images:
     .map_err(|e| EncoderError::Internal(e.to_string()))
 }
 
-/// The model thread's loop: one job at a time, split into batches of `batch` (`blip_batch`
-/// for captions).
-fn serve(model: &ClipModel, blip: Option<&BlipModel>, batch: usize, blip_batch: usize, queue: &std::sync::mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
+/// The model thread's loop: one job at a time, search first, split into batches of `batch`
+/// (`caption_chunk` for captions); between the sub-batches of an ingest job (when `yielding`)
+/// the search requests that arrived meanwhile are served.
+struct Serving<'a> {
+    model: &'a ClipModel,
+    blip: Option<&'a BlipModel>,
+    batch: usize,
+    caption_chunk: usize,
+    lanes: &'a Lanes<Job>,
+    yielding: bool,
+}
+
+impl Serving<'_> {
+    fn serve(&self) {
+        while let Some((lane, job)) = self.lanes.next() {
+            self.run(job, self.yielding && lane == Lane::Ingest);
+        }
+    }
+
+    /// Runs the search requests waiting now.
+    fn serve_waiting_searches(&self) {
+        while let Some(job) = self.lanes.next_search() {
+            self.run(job, false);
+        }
+    }
+
+    fn run(&self, job: Job, yielding: bool) {
+        let between = |i: usize| {
+            if yielding && i > 0 {
+                self.serve_waiting_searches();
+            }
+        };
+        let model = self.model;
         match job {
             Job::EmbedPixels { pixels, count, reply } => {
                 let size = i64::from(model.image_size());
                 let per_image = (3 * size * size) as usize;
-                let result = guarded(|| {
-                    let mut out = Vec::with_capacity(count);
-                    for chunk in pixels.chunks(per_image * batch) {
-                        let n = (chunk.len() / per_image) as i64;
-                        let input = Tensor::from_slice(chunk).view([n, 3, size, size]);
-                        out.extend(rows(&normalise_rows(&model.image_features(&input))));
+                let mut out = Vec::with_capacity(count);
+                let mut result = Ok(());
+                for (i, chunk) in pixels.chunks(per_image * self.batch).enumerate() {
+                    between(i);
+                    let n = (chunk.len() / per_image) as i64;
+                    match guarded(|| rows(&normalise_rows(&model.image_features(&Tensor::from_slice(chunk).view([n, 3, size, size]))))) {
+                        Ok(rows) => out.extend(rows),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
-                    out
-                });
-                let _ = reply.send(result);
+                }
+                let _ = reply.send(result.map(|()| out));
             }
             Job::EmbedIds { ids, reply } => {
                 let result = guarded(|| {
                     let mut out = Vec::with_capacity(ids.len());
-                    for chunk in ids.chunks(batch) {
+                    for chunk in ids.chunks(self.batch) {
                         out.extend(rows(&normalise_rows(&model.text_features(&model.ids_tensor(chunk)))));
                     }
                     out
@@ -288,24 +364,28 @@ fn serve(model: &ClipModel, blip: Option<&BlipModel>, batch: usize, blip_batch: 
                 let _ = reply.send(result);
             }
             Job::Caption { pixels, count, reply } => {
-                let Some(blip) = blip else {
+                let Some(blip) = self.blip else {
                     let _ = reply.send(Err(EncoderError::Unavailable("no captioning model is loaded".into())));
-                    continue;
+                    return;
                 };
                 let size = i64::from(blip.image_size());
                 let per_image = (3 * size * size) as usize;
                 let params = GenerationParams::default();
-                let result = guarded(|| {
-                    let mut out = Vec::with_capacity(count);
-                    for chunk in pixels.chunks(per_image * blip_batch) {
-                        let n = (chunk.len() / per_image) as i64;
-                        let input = Tensor::from_slice(chunk).view([n, 3, size, size]);
-                        out.extend(blip.caption(&input, None, &params).map_err(EncoderError::Internal)?);
+                let mut out = Vec::with_capacity(count);
+                let mut result = Ok(());
+                for (i, chunk) in pixels.chunks(per_image * self.caption_chunk).enumerate() {
+                    between(i);
+                    let n = (chunk.len() / per_image) as i64;
+                    let input = || Tensor::from_slice(chunk).view([n, 3, size, size]);
+                    match guarded(|| blip.caption(&input(), None, &params).map_err(EncoderError::Internal)).and_then(|r| r) {
+                        Ok(captions) => out.extend(captions),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
                     }
-                    Ok(out)
-                })
-                .and_then(|r| r);
-                let _ = reply.send(result);
+                }
+                let _ = reply.send(result.map(|()| out));
             }
         }
     }
@@ -331,14 +411,29 @@ fn rows(t: &Tensor) -> Vec<Vec<f32>> {
     (0..n as usize).map(|i| flat[i * d as usize..(i + 1) * d as usize].to_vec()).collect()
 }
 
-/// Largest power-of-two caption batch (up to 256) whose vision pass and a few decoding steps
-/// fit the GPU, halving on out-of-memory.
-fn probe_blip_batch(model: &BlipModel) -> usize {
+/// Most images a CUDA probe tries (CLIP; captions: half of it).
+pub const MAX_PROBED_BATCH: usize = 512;
+
+/// Where a probe starts: the largest power of two up to `limit`.
+fn probe_start(limit: usize, max: usize) -> usize {
+    let limit = limit.clamp(1, max);
+    1 << (usize::BITS - 1 - limit.leading_zeros())
+}
+
+/// What a probe runs for `batch`: an eighth more, so that a search request's pass and the
+/// allocator's fragmentation still fit beside an ingest batch.
+fn with_headroom(batch: usize) -> i64 {
+    (batch + (batch / 8).max(1)) as i64
+}
+
+/// Largest power-of-two caption batch (up to 256 and `limit`) whose vision pass and a few
+/// decoding steps fit the GPU with headroom, halving on out-of-memory.
+fn probe_blip_batch(model: &BlipModel, limit: usize) -> usize {
     let size = i64::from(model.image_size());
-    let mut batch = 256usize;
+    let mut batch = probe_start(limit, MAX_PROBED_BATCH / 2);
     while batch > 1 {
         let ok = guarded(|| {
-            let input = Tensor::zeros([batch as i64, 3, size, size], (tch::Kind::Float, model.device));
+            let input = Tensor::zeros([with_headroom(batch), 3, size, size], (tch::Kind::Float, model.device));
             let embeds = model.image_embeds(&input);
             let params = GenerationParams { max_new_tokens: Some(4), ..Default::default() };
             let _ = crate::generate::generate(model, &embeds, &[model.config.text_config.bos_token_id], &params, false);
@@ -353,14 +448,14 @@ fn probe_blip_batch(model: &BlipModel) -> usize {
     batch
 }
 
-/// Largest power-of-two image batch (up to 512) whose forward pass fits the GPU, halving on
-/// out-of-memory.
-fn probe_batch(model: &ClipModel) -> usize {
+/// Largest power-of-two image batch (up to 512 and `limit`) whose forward pass fits the GPU
+/// with headroom, halving on out-of-memory.
+fn probe_batch(model: &ClipModel, limit: usize) -> usize {
     let size = i64::from(model.image_size());
-    let mut batch = 512usize;
+    let mut batch = probe_start(limit, MAX_PROBED_BATCH);
     while batch > 1 {
         let ok = guarded(|| {
-            let input = Tensor::zeros([batch as i64, 3, size, size], (tch::Kind::Float, model.device));
+            let input = Tensor::zeros([with_headroom(batch), 3, size, size], (tch::Kind::Float, model.device));
             let _ = model.image_features(&input).size();
         })
         .is_ok();
@@ -371,4 +466,19 @@ fn probe_batch(model: &ClipModel) -> usize {
         batch /= 2;
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_never_starts_above_its_bound() {
+        assert_eq!(probe_start(16, MAX_PROBED_BATCH), 16);
+        assert_eq!(probe_start(100, MAX_PROBED_BATCH), 64);
+        assert_eq!(probe_start(4096, MAX_PROBED_BATCH), 512);
+        assert_eq!(probe_start(512, MAX_PROBED_BATCH / 2), 256);
+        assert_eq!(probe_start(0, MAX_PROBED_BATCH), 1);
+        assert_eq!((with_headroom(1), with_headroom(8), with_headroom(512)), (2, 9, 576));
+    }
 }

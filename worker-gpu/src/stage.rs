@@ -10,6 +10,7 @@
 //! the reason, so nothing is dead-lettered uncounted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use imgfleet_shared::domain::{ItemOutcome, RgbImage, SCHEMA_VERSION};
@@ -73,6 +74,8 @@ pub struct EncoderStage {
     batch: usize,
     caption: bool,
     jobs: JobStatusCache,
+    /// Images encoded and published so far (what the worker's heartbeat reports).
+    encoded: Arc<AtomicU64>,
 }
 
 /// One prepared image of a batch, with its delivery.
@@ -99,7 +102,19 @@ impl EncoderStage {
             capabilities.safe_clip_batch
         };
         let batch = if config.batch > 0 { config.batch } else { capability.max(1) };
-        Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default() }
+        Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default(), encoded: Arc::default() }
+    }
+
+    /// What this stage's worker announces in its heartbeats: the encoder's capabilities, the
+    /// batch it pulls and its images/s.
+    pub fn announcer(&self, worker_id: String) -> imgfleet_shared::workers::Announcer {
+        let encoded = self.encoded.clone();
+        imgfleet_shared::workers::Announcer::new(
+            worker_id,
+            self.encoder.capabilities(),
+            self.batch,
+            Box::new(move || encoded.load(Ordering::Relaxed)),
+        )
     }
 
     /// Images per batch this stage fetches.
@@ -150,8 +165,17 @@ impl EncoderStage {
         let fetched = deliveries.len();
         let started = Instant::now();
         let mut items = Vec::with_capacity(fetched);
-        for delivery in deliveries {
-            match messages::decode_prepared(&delivery.payload) {
+        // Decoding (coded pixels included) is CPU work: off the async runtime.
+        let decoded = tokio::task::spawn_blocking(move || {
+            deliveries.into_iter().map(|d| {
+                let image = messages::decode_prepared(&d.payload);
+                (d, image)
+            }).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| QueueError::Internal(format!("decoding prepared images: {e}")))?;
+        for (delivery, image) in decoded {
+            match image {
                 Ok(image) => items.push(Item { delivery, image }),
                 Err(e) => delivery.settle_or_warn(Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
             }
@@ -299,6 +323,7 @@ impl EncoderStage {
         let how = match publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&encoded)).await {
             Ok(_) => {
                 PIPELINE.images.with_label_values(&["encoder", "encoded"]).inc();
+                self.encoded.fetch_add(1, Ordering::Relaxed);
                 debug!(job_id = %encoded.job_id, path = %encoded.payload.path, "encoded");
                 Settle::Ack
             }

@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-use crate::routes::{collections, duplicates, health, images, ingest, search};
+use crate::routes::{collections, duplicates, health, images, ingest, search, workers};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -19,6 +19,7 @@ use crate::state::AppState;
         images::list_images, images::get_image, images::random_image, images::image_file, images::image_thumbnail,
         ingest::start_ingest, ingest::job_status, ingest::list_jobs, ingest::cancel_job,
         duplicates::find_duplicates,
+        workers::list_workers,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(crate::error::ErrorBody)),

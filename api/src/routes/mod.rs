@@ -5,3 +5,4 @@ pub mod health;
 pub mod images;
 pub mod ingest;
 pub mod search;
+pub mod workers;

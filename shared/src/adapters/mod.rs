@@ -7,6 +7,7 @@ pub mod memory_queue;
 pub mod nats_auth;
 pub mod nats_encoder;
 pub mod nats_queue;
+pub mod nats_workers;
 pub mod qdrant_vectors;
 pub mod redis_state;
 

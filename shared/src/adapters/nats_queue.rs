@@ -278,6 +278,34 @@ impl NatsQueue {
     pub fn config(&self) -> &NatsQueueConfig {
         &self.shared.config
     }
+
+    /// Most deliveries of `stream` in flight at once over all its workers (its consumer's max
+    /// ack pending), as the server has it now.
+    pub async fn in_flight_limit(&self, stream: Stream) -> Result<u32, QueueError> {
+        let lane = self.shared.lane(stream);
+        match tokio::time::timeout(self.shared.config.request_timeout, lane.stream.consumer_info(stream.consumer())).await {
+            Err(_) => Err(QueueError::Unavailable(format!("consumer info of {}: timed out", stream.name()))),
+            Ok(Err(e)) => Err(classify(&format!("consumer info of {}", stream.name()), e)),
+            Ok(Ok(info)) => Ok(u32::try_from(info.config.max_ack_pending.max(0)).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// Sets that limit; the consumer is updated in place (what it holds stays held).
+    pub async fn set_in_flight_limit(&self, stream: Stream, limit: u32) -> Result<(), QueueError> {
+        let mut config = self.shared.config.consumer(stream);
+        config.max_ack_pending = i64::from(limit.max(1));
+        let lane = self.shared.lane(stream);
+        match tokio::time::timeout(self.shared.config.request_timeout, lane.stream.create_consumer(config)).await {
+            Err(_) => Err(QueueError::Unavailable(format!("update consumer {}: timed out", stream.consumer()))),
+            Ok(Err(e)) => Err(classify(&format!("update consumer {}", stream.consumer()), e)),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// The in-flight limit configured for `stream` (`max_ack_pending`, or its per-stream value).
+    pub fn configured_in_flight_limit(&self, stream: Stream) -> u32 {
+        self.shared.config.max_ack_pending_of(stream)
+    }
 }
 
 impl Drop for NatsQueue {

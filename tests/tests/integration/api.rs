@@ -381,7 +381,7 @@ async fn health_metrics_and_openapi() {
     let (status, doc) = get(&server, "/api/v1/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/api/v1/collections", "/api/v1/collections/{name}", "/api/v1/collections/select", "/api/v1/collections/cache/clear", "/api/v1/search", "/api/v1/images", "/api/v1/random", "/api/v1/duplicates"] {
+    for path in ["/api/v1/collections", "/api/v1/collections/{name}", "/api/v1/collections/select", "/api/v1/collections/cache/clear", "/api/v1/search", "/api/v1/images", "/api/v1/random", "/api/v1/duplicates", "/api/v1/workers"] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
     assert!(doc["components"]["schemas"]["SearchRequest"]["properties"]["embedding"].is_object());

@@ -18,3 +18,4 @@ mod redis_contracts;
 mod security;
 mod serve;
 mod settling;
+mod workers;

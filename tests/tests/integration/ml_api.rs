@@ -24,8 +24,10 @@ async fn encoder_with(cpu_batch: usize, blip: Option<&str>) -> Arc<TchEncoder> {
         clip_model: fixture("clip-tiny-a").to_string_lossy().into_owned(),
         blip_model: blip.map(|name| fixture(name).to_string_lossy().into_owned()),
         device: tch::Device::Cpu,
-        cpu_batch,
+        max_batch: cpu_batch,
         max_waiting: 8,
+        caption_sub_batch: 0,
+        search_first: true,
     };
     Arc::new(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await.unwrap().unwrap())
 }

@@ -339,8 +339,10 @@ mod keepalive_and_rpc {
             clip_model: fixture_models().join("clip-tiny-a").display().to_string(),
             blip_model: None,
             device: tch::Device::Cpu,
-            cpu_batch: 4,
+            max_batch: 4,
             max_waiting: 8,
+            caption_sub_batch: 0,
+            search_first: true,
         };
         let tch = Arc::new(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await.unwrap().unwrap());
         let caps = tch.capabilities();

@@ -1,0 +1,175 @@
+//! Scale-out by simulation: M simulated GPU workers — the real encoder stage (fetch, decode the
+//! prepared image, publish, settle, heartbeats) in this process, on an encoder that answers
+//! each batch after a fixed latency and computes nothing — so that M workers cost no CPU and
+//! the fleet's own limits show. The simulated encoder lives here, in the benchmark, never in a
+//! production binary.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use imgfleet_shared::adapters::{NatsQueue, NatsQueueConfig, RedisStateStore};
+use imgfleet_shared::domain::{Capabilities, RgbImage};
+use imgfleet_shared::names::Stream;
+use imgfleet_shared::ports::{DeadLetter, Delivery, Encoder, EncoderError, PublishAck, QueueDepth, QueueError, StateStore, WorkQueue};
+use imgfleet_tests::fleet::Fleet;
+use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// An encoder that takes `latency` per call and computes nothing: a GPU whose batch costs the
+/// same whatever its size (up to `batch`), as a GPU's nearly does.
+pub struct SimulatedEncoder {
+    latency: Duration,
+    capabilities: Capabilities,
+}
+
+impl SimulatedEncoder {
+    pub fn new(latency: Duration, batch: usize, dim: usize) -> Self {
+        let capabilities = Capabilities {
+            safe_clip_batch: batch,
+            safe_blip_batch: batch,
+            embedding_dim: dim,
+            device: "simulated".into(),
+            clip_model: "simulated".into(),
+            blip_model: Some("simulated".into()),
+        };
+        Self { latency, capabilities }
+    }
+
+    fn unit(&self, seed: u8) -> Vec<f32> {
+        let mut v = vec![0.0f32; self.capabilities.embedding_dim];
+        let dim = v.len();
+        v[usize::from(seed) % dim] = 1.0;
+        v
+    }
+}
+
+#[async_trait]
+impl Encoder for SimulatedEncoder {
+    async fn embed_images(&self, images: Vec<RgbImage>) -> Result<Vec<Vec<f32>>, EncoderError> {
+        // The whole batch's latency is paid here; captions of the same batch come free.
+        tokio::time::sleep(self.latency).await;
+        Ok(images.iter().map(|i| self.unit(i.data.get(i.data.len() / 2).copied().unwrap_or(0))).collect())
+    }
+
+    async fn embed_texts(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EncoderError> {
+        Ok(texts.iter().map(|t| self.unit(t.len() as u8)).collect())
+    }
+
+    async fn caption_images(&self, images: Vec<RgbImage>) -> Result<Vec<String>, EncoderError> {
+        Ok(vec!["a simulated caption".to_owned(); images.len()])
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities.clone()
+    }
+}
+
+/// The queue, counting the bytes of the prepared images it hands out.
+struct CountingQueue {
+    inner: Arc<NatsQueue>,
+    prepared_bytes: Arc<AtomicU64>,
+    prepared_messages: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl WorkQueue for CountingQueue {
+    async fn publish(&self, stream: Stream, message_id: &str, payload: Vec<u8>) -> Result<PublishAck, QueueError> {
+        self.inner.publish(stream, message_id, payload).await
+    }
+
+    async fn fetch(&self, stream: Stream, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let deliveries = self.inner.fetch(stream, max, wait).await?;
+        if stream == Stream::Prepared {
+            let bytes: usize = deliveries.iter().map(|d| d.payload.len()).sum();
+            self.prepared_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            self.prepared_messages.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
+        }
+        Ok(deliveries)
+    }
+
+    async fn depth(&self, stream: Stream) -> Result<QueueDepth, QueueError> {
+        self.inner.depth(stream).await
+    }
+
+    async fn dead_letters(&self, stream: Stream, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.dead_letters(stream, limit).await
+    }
+}
+
+/// How the simulated workers are made.
+#[derive(Debug, Clone, Copy)]
+pub struct Simulation {
+    pub batch: usize,
+    pub latency: Duration,
+    pub ack_wait: Duration,
+    pub dim: usize,
+}
+
+/// M simulated workers at work until [`Workers::stop`].
+pub struct Workers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    pub prepared_bytes: Arc<AtomicU64>,
+    pub prepared_messages: Arc<AtomicU64>,
+}
+
+impl Workers {
+    /// Starts `count` simulated workers on the fleet's NATS and Redis, each with its own
+    /// connections and heartbeats (so the CPU workers' limits follow them, as they follow GPUs).
+    pub async fn start(fleet: &Fleet, simulation: Simulation, count: usize, run: usize) -> anyhow::Result<Self> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let prepared_bytes = Arc::new(AtomicU64::new(0));
+        let prepared_messages = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for n in 0..count {
+            let mut config = NatsQueueConfig::new(fleet.nats.url());
+            config.name = Some(format!("bench-sim-{run}-{n}"));
+            config.ack_wait = simulation.ack_wait;
+            config.handle_max_deliveries_advisories = false;
+            let nats = Arc::new(NatsQueue::connect(config).await?);
+            let client = nats.client();
+            let queue: Arc<dyn WorkQueue> = Arc::new(CountingQueue {
+                inner: nats,
+                prepared_bytes: prepared_bytes.clone(),
+                prepared_messages: prepared_messages.clone(),
+            });
+            let state: Arc<dyn StateStore> = Arc::new(RedisStateStore::connect(&fleet.redis.url(), "imgfleet").await?);
+            let encoder: Arc<dyn Encoder> = Arc::new(SimulatedEncoder::new(simulation.latency, simulation.batch, simulation.dim));
+            let stage = EncoderStage::new(queue, state, encoder, EncoderStageConfig::default());
+            let announcer = stage.announcer(format!("sim-{run}-{n}"));
+            tasks.push(tokio::spawn(imgfleet_shared::adapters::nats_workers::announce(client, announcer, stopped.clone())));
+            let stopped = stopped.clone();
+            tasks.push(tokio::spawn(async move { stage.run(stopped).await }));
+        }
+        Ok(Self { stop, tasks, prepared_bytes, prepared_messages })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Bytes the NATS server has received and sent so far (`/varz`).
+pub async fn nats_bytes(fleet: &Fleet) -> anyhow::Result<(u64, u64)> {
+    let varz: Value = reqwest::get(format!("{}/varz", fleet.nats.monitor_url())).await?.json().await?;
+    Ok((varz["in_bytes"].as_u64().unwrap_or(0), varz["out_bytes"].as_u64().unwrap_or(0)))
+}
+
+/// Waits until `GET /api/v1/workers` lists exactly `count` workers.
+pub async fn wait_for_workers(api: &str, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Value = reqwest::get(format!("{api}/api/v1/workers")).await?.json().await?;
+        if list["workers"].as_array().map_or(0, Vec::len) == count {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the API lists {} workers, not {count}", list["workers"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
