@@ -94,8 +94,6 @@ async fn ingest_and_time(api: &str, dir: &Path, collection: Option<&str>) -> any
     let mut body = json!({"directory_path": dir.display().to_string()});
     if let Some(collection) = collection {
         body["collection"] = json!(collection);
-        // A collection must exist before an ingest names it.
-        client.post(format!("{api}/api/v1/collections")).json(&json!({"collection_name": collection, "vector_size": 64})).send().await?;
     }
     let response = client.post(format!("{api}/api/v1/ingest/")).json(&body).send().await?;
     let body: Value = response.json().await?;
@@ -228,11 +226,11 @@ async fn queue_overhead(args: &Args) -> anyhow::Result<()> {
 /// M simulated GPU workers beside the real API and CPU workers, for each M: images/s against
 /// M × the rate of one, and the bytes through NATS per image.
 async fn scale(args: &Args, scratch: &Path) -> anyhow::Result<()> {
-    let simulation = scale_out::Simulation {
+    let mut simulation = scale_out::Simulation {
         batch: args.sim_batch,
         latency: Duration::from_millis(args.sim_latency_ms),
         ack_wait: Duration::from_secs(60),
-        dim: 64,
+        dim: 0,
     };
     let one_worker = simulation.batch as f64 / simulation.latency.as_secs_f64();
     let options = FleetOptions {
@@ -258,6 +256,9 @@ async fn scale(args: &Args, scratch: &Path) -> anyhow::Result<()> {
     let fleet = Fleet::start(scratch, options);
     // The fleet's API and CPU workers are up once the API answers.
     wait_for_api(&fleet.api_url("")).await?;
+    // The simulated embeddings have the size the API's collections take (the CLIP config's).
+    let images: Value = reqwest::get(fleet.api_url("/api/v1/collections/images")).await?.json().await?;
+    simulation.dim = images["vector_size"].as_u64().ok_or_else(|| anyhow::anyhow!("no vector size: {images}"))? as usize;
     let mut rows = Vec::new();
     for (run, (m, images, dir)) in folders.into_iter().enumerate() {
         let workers = scale_out::Workers::start(&fleet, simulation, m, run).await?;
