@@ -1,9 +1,10 @@
 //! The Qdrant server adapter against the vector store contract.
 //!
-//! The contract needs a real server: set `QDRANT_URL` to its gRPC endpoint (e.g.
-//! `http://127.0.0.1:6334`; `QDRANT_API_KEY` if it wants one). Without it every contract case
-//! prints a notice and passes. Each case keeps its collections under a prefix of its own, so
-//! cases run in parallel on one server and leave nothing behind.
+//! The contract runs against a real server: the one `QDRANT_URL` names (its gRPC endpoint, e.g.
+//! `http://127.0.0.1:6334`; `QDRANT_API_KEY` if it wants one), else one started per case from
+//! `IMGFLEET_TEST_QDRANT_BIN` (which scripts/test sets when it finds a qdrant binary; without
+//! either it skips these cases and counts them as skipped). Each case keeps its collections under
+//! a prefix of its own, so cases can share one server and leave nothing behind.
 //!
 //! The connection-failure cases below need no server and always run.
 
@@ -14,28 +15,29 @@ use async_trait::async_trait;
 use imgfleet_shared::adapters::QdrantVectorStore;
 use imgfleet_shared::ports::{VectorError, VectorStore};
 use imgfleet_tests::contract::vectors::VectorFixture;
+use imgfleet_tests::qdrant_server::QdrantServer;
 
-const SKIPPED: &str = "skipped: QDRANT_URL not set (the Qdrant adapter's contract runs against a real server)";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn skip() {
-    println!("{SKIPPED}");
-}
-
-/// A prefix of collections on the server given by `QDRANT_URL`.
+/// A prefix of collections on a real Qdrant server.
 pub struct QdrantFixture {
     url: String,
     api_key: Option<String>,
     prefix: String,
+    /// The server this fixture started (none when `QDRANT_URL` named one).
+    _server: Option<QdrantServer>,
 }
 
 impl QdrantFixture {
-    /// `None` when `QDRANT_URL` is unset or empty.
-    pub fn from_env() -> Option<Self> {
-        let url = std::env::var("QDRANT_URL").ok().filter(|u| !u.trim().is_empty())?;
-        let api_key = std::env::var("QDRANT_API_KEY").ok().filter(|k| !k.is_empty());
+    /// On the server `QDRANT_URL` names, else on a new one.
+    pub fn new() -> Self {
         let prefix = format!("imgfleet-test-{}_", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        Some(Self { url, api_key, prefix })
+        if let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.trim().is_empty()) {
+            let api_key = std::env::var("QDRANT_API_KEY").ok().filter(|k| !k.is_empty());
+            return Self { url, api_key, prefix, _server: None };
+        }
+        let server = QdrantServer::start();
+        Self { url: server.url(), api_key: Some(server.api_key().to_owned()), prefix, _server: Some(server) }
     }
 
     async fn connect(&self) -> Result<QdrantVectorStore, VectorError> {
@@ -68,13 +70,11 @@ impl Drop for QdrantFixture {
     }
 }
 
-mod qdrant_vector_store {
+/// Named `qdrant_server…` like every test that needs a server (scripts/test skips by that name).
+mod qdrant_server_contract {
     use super::QdrantFixture;
 
-    imgfleet_tests::vector_store_contract!(match QdrantFixture::from_env() {
-        Some(fixture) => fixture,
-        None => return super::skip(),
-    });
+    imgfleet_tests::vector_store_contract!(QdrantFixture::new());
 }
 
 #[tokio::test]
