@@ -91,3 +91,74 @@ async fn malformed_urls_are_invalid() {
         assert!(matches!(err, VectorError::Invalid(ref m) if m.contains("Qdrant URL")), "{url}: {err:?}");
     }
 }
+
+/// The indexer and a Qdrant server that goes away: its deliveries are kept alive while it waits,
+/// the outage spends none of them (one allowed delivery here), and the image is stored once the
+/// server is back.
+mod qdrant_server_outage {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use imgfleet_api::indexer::{Indexer, IndexerConfig};
+    use imgfleet_shared::adapters::{FileStateStore, MemoryQueue, MemoryQueueConfig, QdrantVectorStore};
+    use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance, ImagePayload, JobRecord, SCHEMA_VERSION};
+    use imgfleet_shared::messages::{self, EncodedImage};
+    use imgfleet_shared::names::Stream;
+    use imgfleet_shared::ports::{Claim, StateStore, VectorStore, WorkQueue};
+    use imgfleet_tests::qdrant_server::QdrantServer;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_indexer_waits_out_a_qdrant_restart_without_spending_deliveries() {
+        let mut server = QdrantServer::start();
+        let vectors: Arc<dyn VectorStore> =
+            Arc::new(QdrantVectorStore::connect(&server.url(), Some(server.api_key().to_owned()), super::TIMEOUT).await.unwrap());
+        let name = CollectionName::parse("images").unwrap();
+        vectors.create_collection(&CollectionSpec { name, vector_size: 4, distance: Distance::Cosine }).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir.path()).unwrap());
+        state.create_job(&JobRecord::new("job-1".into(), "images".into(), "/photos".into())).await.unwrap();
+        let sha256 = "ab".repeat(32);
+        let Claim::Acquired { token } = state.claim("images", &sha256, "task-1", Duration::from_secs(600), Some("job-1")).await.unwrap() else {
+            panic!("a fresh content is claimed")
+        };
+        let queue_config = MemoryQueueConfig { ack_wait: Duration::from_secs(2), max_deliver: 1, ..MemoryQueueConfig::default() };
+        let queue: Arc<dyn WorkQueue> = Arc::new(MemoryQueue::new(queue_config));
+        let payload = ImagePayload { sha256: sha256.clone(), path: "/photos/a.jpg".into(), paths: vec!["/photos/a.jpg".into()], ..ImagePayload::default() };
+        let image = EncodedImage {
+            schema_version: SCHEMA_VERSION,
+            job_id: "job-1".into(),
+            collection: "images".into(),
+            payload,
+            embedding: vec![0.5, 0.5, 0.5, 0.5],
+            claim_token: token.clone(),
+        };
+        queue.publish(Stream::Encoded, "enc-1", messages::encode(&image)).await.unwrap();
+
+        server.kill();
+        let config = IndexerConfig { max_deliver: 1, retry_base: Duration::from_millis(50), ..IndexerConfig::default() };
+        let indexer = Indexer::new(queue.clone(), state.clone(), vectors.clone(), config);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { indexer.run(stop).await });
+        // Longer than the queue's ack wait: only the progress notes keep the delivery.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(state.job("job-1").await.unwrap().unwrap().counts.settled(), 0, "nothing settles while the store is away");
+        server.start_again();
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while state.job("job-1").await.unwrap().unwrap().counts.processed == 0 {
+            assert!(Instant::now() < deadline, "the image was not stored after the server came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop_tx.send(true);
+        running.await.unwrap();
+        let counts = state.job("job-1").await.unwrap().unwrap().counts;
+        assert_eq!((counts.processed, counts.failed), (1, 0), "{counts:?}");
+        assert_eq!(vectors.count("images", None).await.unwrap(), 1);
+        let again = state.claim("images", &sha256, "task-2", Duration::from_secs(600), Some("job-1")).await.unwrap();
+        assert!(matches!(again, Claim::Done { .. }), "the content is marked stored: {again:?}");
+        let depth = queue.depth(Stream::Encoded).await.unwrap();
+        assert_eq!((depth.pending, depth.in_flight), (0, 0), "{depth:?}");
+        let dead = queue.dead_letters(Stream::Encoded, 10).await.unwrap();
+        assert!(dead.is_empty(), "the outage spent the only delivery: {dead:?}");
+    }
+}
