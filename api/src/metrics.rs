@@ -12,6 +12,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 pub struct ApiMetrics {
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
+    /// Time to answer a search, by what it searches with (`text`, `image`, `like`, `embedding`).
+    pub search_seconds: HistogramVec,
 }
 
 pub static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
@@ -27,6 +29,14 @@ pub static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency, by route")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["route"],
+        )
+        .expect("valid metric"),
+    ),
+    search_seconds: register(
+        HistogramVec::new(
+            HistogramOpts::new("search_duration_seconds", "Time to answer a search that succeeded, by kind (text, image, like, embedding)")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["kind"],
         )
         .expect("valid metric"),
     ),

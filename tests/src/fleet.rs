@@ -25,11 +25,23 @@ pub struct FleetOptions {
     /// `--max-prepared-waiting` of the CPU workers: keeps the time from claim to stored (and
     /// so under the claim TTL) short.
     pub max_prepared_waiting: u64,
+    /// A Qdrant server's gRPC URL: the API stores there instead of its embedded store.
+    pub qdrant_url: Option<String>,
+    /// `imgfleet-indexer` processes (with `qdrant_url`; the API then runs with `--no-indexer`).
+    pub indexers: usize,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
-        Self { cpu_workers: 2, gpu_batches: vec![4, 8], ack_wait_secs: 10, cpu_concurrency: 1, max_prepared_waiting: 128 }
+        Self {
+            cpu_workers: 2,
+            gpu_batches: vec![4, 8],
+            ack_wait_secs: 10,
+            cpu_concurrency: 1,
+            max_prepared_waiting: 128,
+            qdrant_url: None,
+            indexers: 0,
+        }
     }
 }
 
@@ -40,6 +52,7 @@ pub struct Fleet {
     /// `None` while killed.
     pub cpu: Vec<Option<ChildProcess>>,
     pub gpu: Vec<Option<ChildProcess>>,
+    pub indexers: Vec<ChildProcess>,
     options: FleetOptions,
     data: tempfile::TempDir,
     root: PathBuf,
@@ -62,8 +75,15 @@ impl Fleet {
         let mut api_args = vec!["--port".to_owned(), "0".into(), "--data-dir".into(), data.path().display().to_string()];
         api_args.extend(["--ingest-root".to_owned(), root.display().to_string()]);
         api_args.extend(Self::common_args(&nats, &redis, &options));
+        if options.indexers > 0 {
+            assert!(options.qdrant_url.is_some(), "imgfleet-indexer needs a Qdrant server (FleetOptions::qdrant_url)");
+            api_args.push("--no-indexer".into());
+        }
         let api = ChildProcess::spawn("imgfleet-api", &api_args);
-        let mut fleet = Self { nats, redis, api, cpu: Vec::new(), gpu: Vec::new(), options, data, root };
+        let mut indexer_args = vec!["--port".to_owned(), "0".into()];
+        indexer_args.extend(Self::common_args(&nats, &redis, &options));
+        let indexers = (0..options.indexers).map(|_| ChildProcess::spawn("imgfleet-indexer", &indexer_args)).collect();
+        let mut fleet = Self { nats, redis, api, cpu: Vec::new(), gpu: Vec::new(), indexers, options, data, root };
         for slot in 0..fleet.options.cpu_workers {
             let worker = fleet.spawn(Worker::Cpu(slot));
             fleet.cpu.push(Some(worker));
@@ -78,7 +98,8 @@ impl Fleet {
     /// The flags every process gets: servers, models, queue settings.
     fn common_args(nats: &NatsServer, redis: &RedisServer, options: &FleetOptions) -> Vec<String> {
         let models = fixture_models();
-        vec![
+        let qdrant = options.qdrant_url.iter().flat_map(|url| ["--qdrant-url".to_owned(), url.clone()]);
+        let mut args = vec![
             "--nats-url".into(),
             nats.url(),
             "--redis-url".into(),
@@ -92,7 +113,9 @@ impl Fleet {
             // Settled quickly in tests; restarts of the servers are waited out, not given up on.
             "--connect-retry-secs".into(),
             "120".into(),
-        ]
+        ];
+        args.extend(qdrant);
+        args
     }
 
     fn spawn(&self, worker: Worker) -> ChildProcess {

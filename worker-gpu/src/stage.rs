@@ -158,6 +158,7 @@ impl EncoderStage {
         }
         if !items.is_empty() {
             PIPELINE.batch_size.with_label_values(&["encoder"]).observe(items.len() as f64);
+            PIPELINE.batch_fill.with_label_values(&["encoder"]).observe(items.len() as f64 / self.batch as f64);
             self.encode_batch(items).await;
             PIPELINE.batch_seconds.with_label_values(&["encoder"]).observe(started.elapsed().as_secs_f64());
         }
