@@ -200,7 +200,7 @@ fn spawn(dir: &Path, port: u16) -> Result<Child, String> {
     }
 }
 
-pub fn free_port() -> u16 {
+fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
 }

@@ -11,14 +11,12 @@
 //!   silent.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use imgfleet_tests::checks::{self, counts};
 use imgfleet_tests::fleet::{Fleet, FleetOptions, wait_for_job};
-use imgfleet_tests::prometheus_server::{PrometheusServer, dashboards_dir, deploy_dir, free_port, promtool, rewrite_targets, tool};
+use imgfleet_tests::prometheus_server::{PrometheusServer, dashboards_dir, deploy_dir, promtool, rewrite_targets, tool};
 use imgfleet_worker_cpu::corpus::{self, CorpusSpec};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -134,58 +132,6 @@ fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
-/// A Qdrant server on free ports with its own temp dir, killed on drop; the binary is named by
-/// `IMGFLEET_TEST_QDRANT_BIN`.
-struct LocalQdrant {
-    child: Child,
-    grpc_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl LocalQdrant {
-    async fn start() -> Self {
-        let binary = std::env::var_os("IMGFLEET_TEST_QDRANT_BIN").filter(|p| !p.is_empty()).unwrap_or_else(|| {
-            panic!("IMGFLEET_TEST_QDRANT_BIN is not set: this test runs a real Qdrant server (the imgfleet-indexer's store); scripts/test skips it without one")
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let (http_port, grpc_port) = (free_port(), free_port());
-        let log = std::fs::File::create(dir.path().join("qdrant.log")).unwrap();
-        let child = Command::new(&binary)
-            .current_dir(dir.path())
-            .env("QDRANT__SERVICE__HOST", "127.0.0.1")
-            .env("QDRANT__SERVICE__HTTP_PORT", http_port.to_string())
-            .env("QDRANT__SERVICE__GRPC_PORT", grpc_port.to_string())
-            .env("QDRANT__STORAGE__STORAGE_PATH", dir.path().join("storage"))
-            .env("QDRANT__STORAGE__SNAPSHOTS_PATH", dir.path().join("snapshots"))
-            .env("QDRANT__TELEMETRY_DISABLED", "true")
-            .env("QDRANT__LOG_LEVEL", "WARN")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&binary).display()));
-        let qdrant = Self { child, grpc_port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let ready = format!("http://127.0.0.1:{http_port}/readyz");
-        while !reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
-            assert!(Instant::now() < deadline, "qdrant was not ready within 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        qdrant
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc_port)
-    }
-}
-
-impl Drop for LocalQdrant {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits until Prometheus has scraped every target of every job successfully.
 async fn wait_until_scraped(prometheus: &PrometheusServer, targets: &BTreeMap<String, Vec<String>>) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -205,107 +151,111 @@ async fn wait_until_scraped(prometheus: &PrometheusServer, targets: &BTreeMap<St
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_dashboard_panel_has_data_on_a_live_fleet_scraped_by_prometheus() {
-    let started = Instant::now();
-    tool("prometheus");
-    let qdrant = LocalQdrant::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let spec = CorpusSpec { unique: 60, duplicates: 10, broken: 4, min_side: 48, max_side: 160, seed: 14 };
-    let dir = root.path().join("library");
-    let corpus = corpus::generate(&dir, &spec).unwrap();
-    let options = FleetOptions { qdrant_url: Some(qdrant.url()), indexers: 1, ..FleetOptions::default() };
-    let fleet = Fleet::start(root.path(), options);
+/// Named `qdrant_server`: scripts/test skips it, and counts it as skipped, without a qdrant binary.
+mod qdrant_server {
+    use super::*;
 
-    let address = |process: &imgfleet_tests::harness::ChildProcess| process.addr.to_string();
-    let mut targets = BTreeMap::new();
-    targets.insert("imgfleet-api".to_owned(), vec![address(&fleet.api)]);
-    targets.insert("imgfleet-worker-cpu".to_owned(), fleet.cpu.iter().flatten().map(address).collect());
-    targets.insert("imgfleet-worker-gpu".to_owned(), fleet.gpu.iter().flatten().map(address).collect());
-    targets.insert("imgfleet-indexer".to_owned(), fleet.indexers.iter().map(address).collect());
-    let deployed = std::fs::read_to_string(deploy_dir().join("prometheus.yml")).unwrap();
-    let prometheus = PrometheusServer::start(|port| {
-        let mut all = targets.clone();
-        all.insert("prometheus".to_owned(), vec![format!("127.0.0.1:{port}")]);
-        rewrite_targets(&deployed, &all, SCRAPE_INTERVAL)
-    });
-    promtool(prometheus.dir(), &["check", "config", "prometheus.yml"]);
-    wait_until_scraped(&prometheus, &targets).await;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_dashboard_panel_has_data_on_a_live_fleet_scraped_by_prometheus() {
+        let started = Instant::now();
+        tool("prometheus");
+        let root = tempfile::tempdir().unwrap();
+        let spec = CorpusSpec { unique: 60, duplicates: 10, broken: 4, min_side: 48, max_side: 160, seed: 14 };
+        let dir = root.path().join("library");
+        let corpus = corpus::generate(&dir, &spec).unwrap();
+        let options = FleetOptions { qdrant_indexers: 1, ..FleetOptions::default() };
+        let fleet = Fleet::start(root.path(), options);
 
-    // An ingest with duplicates and broken files, then a search of each kind.
-    let from = now_secs() - 2.0;
-    let client = Client::new();
-    let job_id = checks::ingest(&client, &fleet.api_url(""), &dir.canonicalize().unwrap()).await;
-    let job = wait_for_job(&fleet.api_url(""), &job_id, Duration::from_secs(300)).await;
-    assert_eq!(job["status"], "completed", "{job}");
-    assert_eq!(counts(&job), [74, 60, 10, 4], "{job}");
-    let image = std::fs::read(&corpus.unique[0]).unwrap();
-    for body in [
-        json!({"text": "a red square", "limit": 5}),
-        json!({"image_base64": base64::engine::general_purpose::STANDARD.encode(image), "limit": 5}),
-    ] {
-        let response = client.post(fleet.api_url("/api/v1/search")).json(&body).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-    // Scrapes after the last request, so the rates over them see it.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let to = now_secs();
+        let address = |process: &imgfleet_tests::harness::ChildProcess| process.addr.to_string();
+        let mut targets = BTreeMap::new();
+        targets.insert("imgfleet-api".to_owned(), vec![address(&fleet.api)]);
+        targets.insert("imgfleet-worker-cpu".to_owned(), fleet.cpu.iter().flatten().map(address).collect());
+        targets.insert("imgfleet-worker-gpu".to_owned(), fleet.gpu.iter().flatten().map(address).collect());
+        targets.insert("imgfleet-indexer".to_owned(), fleet.indexers.iter().flatten().map(address).collect());
+        let deployed = std::fs::read_to_string(deploy_dir().join("prometheus.yml")).unwrap();
+        let prometheus = PrometheusServer::start(|port| {
+            let mut all = targets.clone();
+            all.insert("prometheus".to_owned(), vec![format!("127.0.0.1:{port}")]);
+            rewrite_targets(&deployed, &all, SCRAPE_INTERVAL)
+        });
+        promtool(prometheus.dir(), &["check", "config", "prometheus.yml"]);
+        wait_until_scraped(&prometheus, &targets).await;
 
-    let span = format!("{}s", (to - from).ceil() as u64);
-    let variables = [
-        ("__rate_interval", RATE_INTERVAL.to_owned()),
-        ("__interval", format!("{}s", STEP.as_secs())),
-        ("__interval_ms", STEP.as_millis().to_string()),
-        ("__range", span.clone()),
-        ("__range_s", span.trim_end_matches('s').to_owned()),
-        ("__range_ms", ((to - from).ceil() as u64 * 1000).to_string()),
-    ];
-    let mut queries = Vec::new();
-    let mut dashboards = 0;
-    for entry in std::fs::read_dir(dashboards_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "json") {
-            let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            panel_queries(&dashboard["panels"], &mut queries);
-            dashboards += 1;
+        // An ingest with duplicates and broken files, then a search of each kind.
+        let from = now_secs() - 2.0;
+        let client = Client::new();
+        let job_id = checks::ingest(&client, &fleet.api_url(""), &dir.canonicalize().unwrap()).await;
+        let job = wait_for_job(&fleet.api_url(""), &job_id, Duration::from_secs(300)).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        assert_eq!(counts(&job), [74, 60, 10, 4], "{job}");
+        let image = std::fs::read(&corpus.unique[0]).unwrap();
+        for body in [
+            json!({"text": "a red square", "limit": 5}),
+            json!({"image_base64": base64::engine::general_purpose::STANDARD.encode(image), "limit": 5}),
+        ] {
+            let response = client.post(fleet.api_url("/api/v1/search")).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
         }
-    }
-    assert!(queries.len() >= 20, "{} panel queries", queries.len());
-    let mut problems = Vec::new();
-    for query in &queries {
-        let name = format!("panel {:?} query {}", query.panel, query.ref_id);
-        let expr = match substitute(&query.expr, &variables) {
-            Ok(expr) => expr,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                continue;
+        // Scrapes after the last request, so the rates over them see it.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let to = now_secs();
+
+        let span = format!("{}s", (to - from).ceil() as u64);
+        let variables = [
+            ("__rate_interval", RATE_INTERVAL.to_owned()),
+            ("__interval", format!("{}s", STEP.as_secs())),
+            ("__interval_ms", STEP.as_millis().to_string()),
+            ("__range", span.clone()),
+            ("__range_s", span.trim_end_matches('s').to_owned()),
+            ("__range_ms", ((to - from).ceil() as u64 * 1000).to_string()),
+        ];
+        let mut queries = Vec::new();
+        let mut dashboards = 0;
+        for entry in std::fs::read_dir(dashboards_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                panel_queries(&dashboard["panels"], &mut queries);
+                dashboards += 1;
             }
-        };
-        let result = if query.instant {
-            prometheus.query(&expr, Some(to)).await
-        } else {
-            prometheus.query_range(&expr, from, to, STEP).await
-        };
-        if !has_data(&result) {
-            problems.push(format!("{name} returned no data: {expr}"));
         }
-    }
-    assert!(problems.is_empty(), "{} of {} panel queries after an ingest:\n{}", problems.len(), queries.len(), problems.join("\n"));
+        assert!(queries.len() >= 20, "{} panel queries", queries.len());
+        let mut problems = Vec::new();
+        for query in &queries {
+            let name = format!("panel {:?} query {}", query.panel, query.ref_id);
+            let expr = match substitute(&query.expr, &variables) {
+                Ok(expr) => expr,
+                Err(e) => {
+                    problems.push(format!("{name}: {e}"));
+                    continue;
+                }
+            };
+            let result = if query.instant {
+                prometheus.query(&expr, Some(to)).await
+            } else {
+                prometheus.query_range(&expr, from, to, STEP).await
+            };
+            if !has_data(&result) {
+                problems.push(format!("{name} returned no data: {expr}"));
+            }
+        }
+        assert!(problems.is_empty(), "{} of {} panel queries after an ingest:\n{}", problems.len(), queries.len(), problems.join("\n"));
 
-    // Every rule loaded and evaluates without error; none is pending or firing on this healthy fleet.
-    let rules = prometheus.api("/api/v1/rules", &[]).await.unwrap();
-    let rules: Vec<&Value> = rules["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
-    let expected = alert_names(&std::fs::read_to_string(deploy_dir().join("alerts.yml")).unwrap());
-    assert_eq!(rules.len(), expected.len(), "{rules:?}");
-    for rule in &rules {
-        assert_eq!(rule["health"], "ok", "{rule}");
-        assert_eq!(rule["state"], "inactive", "an alert on a healthy fleet: {rule}");
+        // Every rule loaded and evaluates without error; none is pending or firing on this healthy fleet.
+        let rules = prometheus.api("/api/v1/rules", &[]).await.unwrap();
+        let rules: Vec<&Value> = rules["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
+        let expected = alert_names(&std::fs::read_to_string(deploy_dir().join("alerts.yml")).unwrap());
+        assert_eq!(rules.len(), expected.len(), "{rules:?}");
+        for rule in &rules {
+            assert_eq!(rule["health"], "ok", "{rule}");
+            assert_eq!(rule["state"], "inactive", "an alert on a healthy fleet: {rule}");
+        }
+        eprintln!(
+            "monitoring: {} panel queries of {dashboards} dashboard(s) returned data, {} rules loaded and silent; {} targets; {:.1} s",
+            queries.len(),
+            rules.len(),
+            targets.values().map(Vec::len).sum::<usize>() + 1,
+            started.elapsed().as_secs_f64()
+        );
     }
-    eprintln!(
-        "monitoring: {} panel queries of {dashboards} dashboard(s) returned data, {} rules loaded and silent; {} targets; {:.1} s",
-        queries.len(),
-        rules.len(),
-        targets.values().map(Vec::len).sum::<usize>() + 1,
-        started.elapsed().as_secs_f64()
-    );
 }
