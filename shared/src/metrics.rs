@@ -86,9 +86,16 @@ pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetric
     queue_depth: register(
         IntGaugeVec::new(Opts::new("queue_depth", "Messages per stream, pending or in flight"), &["stream", "state"]).expect("valid metric"),
     ),
-    jobs_finished: register(
-        IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
-    ),
+    jobs_finished: {
+        let jobs_finished = register(
+            IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
+        );
+        // Series from the start: a counter first scraped at 1 shows no increase.
+        for status in ["completed", "failed", "cancelled"] {
+            jobs_finished.with_label_values(&[status]);
+        }
+        jobs_finished
+    },
     duplicate_publishes: register(
         IntCounterVec::new(
             Opts::new("queue_duplicate_publishes_total", "Publishes answered as a duplicate of the same attempt, by stream"),

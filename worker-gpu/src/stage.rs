@@ -99,6 +99,8 @@ impl EncoderStage {
             capabilities.safe_clip_batch
         };
         let batch = if config.batch > 0 { config.batch } else { capability.max(1) };
+        // A series from the start, so the first batches count in its rates.
+        PIPELINE.batch_fill.with_label_values(&["encoder"]);
         Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default() }
     }
 

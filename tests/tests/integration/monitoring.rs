@@ -160,7 +160,7 @@ mod qdrant_server {
         let started = Instant::now();
         tool("prometheus");
         let root = tempfile::tempdir().unwrap();
-        let spec = CorpusSpec { unique: 60, duplicates: 10, broken: 4, min_side: 48, max_side: 160, seed: 14 };
+        let spec = CorpusSpec { unique: 100, duplicates: 12, broken: 4, min_side: 48, max_side: 160, seed: 14 };
         let dir = root.path().join("library");
         let corpus = corpus::generate(&dir, &spec).unwrap();
         let options = FleetOptions { qdrant_indexers: 1, ..FleetOptions::default() };
@@ -181,23 +181,28 @@ mod qdrant_server {
         promtool(prometheus.dir(), &["check", "config", "prometheus.yml"]);
         wait_until_scraped(&prometheus, &targets).await;
 
-        // An ingest with duplicates and broken files, then a search of each kind.
+        // An ingest with duplicates and broken files, then searches of each kind.
         let from = now_secs() - 2.0;
         let client = Client::new();
         let job_id = checks::ingest(&client, &fleet.api_url(""), &dir.canonicalize().unwrap()).await;
         let job = wait_for_job(&fleet.api_url(""), &job_id, Duration::from_secs(300)).await;
         assert_eq!(job["status"], "completed", "{job}");
-        assert_eq!(counts(&job), [74, 60, 10, 4], "{job}");
-        let image = std::fs::read(&corpus.unique[0]).unwrap();
-        for body in [
-            json!({"text": "a red square", "limit": 5}),
-            json!({"image_base64": base64::engine::general_purpose::STANDARD.encode(image), "limit": 5}),
-        ] {
-            let response = client.post(fleet.api_url("/api/v1/search")).json(&body).send().await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(counts(&job), [116, 100, 12, 4], "{job}");
+        // A few seconds of steady traffic, as a live fleet has: a rate needs a series to grow
+        // between scrapes, and a series first scraped after its only requests never does.
+        let image = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&corpus.unique[0]).unwrap());
+        let searches = [json!({"text": "a red square", "limit": 5}), json!({"image_base64": image, "limit": 5})];
+        let traffic_until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < traffic_until {
+            for body in &searches {
+                let response = client.post(fleet.api_url("/api/v1/search")).json(body).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+            checks::job(&client, &fleet.api_url(""), &job_id).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // Scrapes after the last request, so the rates over them see it.
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let to = now_secs();
 
         let span = format!("{}s", (to - from).ceil() as u64);
