@@ -45,7 +45,8 @@ pub fn promtool(dir: &Path, args: &[&str]) -> String {
 
 /// `prometheus.yml` with every scrape job's discovery replaced by `static_configs` naming
 /// `targets[job]`, and the global scrape and evaluation intervals set to `interval`; the rest
-/// (rule files, job names, comments) is kept as written. Panics when a job of the file is not
+/// (rule files, job names, comments) is kept as written, but for the blank and comment lines
+/// right after a replaced block. Panics when a job of the file is not
 /// in `targets` or the other way round, so a change to the file cannot go unnoticed.
 pub fn rewrite_targets(config: &str, targets: &BTreeMap<String, Vec<String>>, interval: &str) -> String {
     let mut out = Vec::new();
@@ -217,4 +218,30 @@ fn ready(port: u16) -> bool {
     }
     let mut reply = [0u8; 12];
     stream.read_exact(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.") && &reply[9..12] == b"200"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n\nscrape_configs:\n  - job_name: imgfleet-api\n    dns_sd_configs:\n      - names: [api]\n        type: A\n        port: 8000\n\n  # the self-scrape\n  - job_name: prometheus\n    static_configs:\n      - targets: [\"localhost:9090\"]\n";
+
+    fn targets(jobs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+        jobs.iter().map(|(job, target)| ((*job).to_owned(), vec![(*target).to_owned()])).collect()
+    }
+
+    #[test]
+    fn only_targets_and_intervals_are_rewritten() {
+        let out = rewrite_targets(CONFIG, &targets(&[("imgfleet-api", "127.0.0.1:4001"), ("prometheus", "127.0.0.1:4002")]), "1s");
+        assert_eq!(
+            out,
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\nscrape_configs:\n  - job_name: imgfleet-api\n    static_configs:\n      - targets: [\"127.0.0.1:4001\"]\n  - job_name: prometheus\n    static_configs:\n      - targets: [\"127.0.0.1:4002\"]\n"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no scrape job imgfleet-indexer")]
+    fn a_job_missing_from_the_config_is_an_error() {
+        rewrite_targets(CONFIG, &targets(&[("imgfleet-api", "a:1"), ("prometheus", "b:2"), ("imgfleet-indexer", "c:3")]), "1s");
+    }
 }
