@@ -18,6 +18,7 @@ use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
 use imgfleet_worker_cpu::scan::file_task_id;
 use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
+use imgfleet_worker_gpu::precision::Dtype;
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder, parse_device};
 use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
 use tokio::sync::watch;
@@ -32,6 +33,12 @@ pub struct EncoderArgs {
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,
+
+    /// Number format of the models: auto (fp16 on CUDA, bf16 on a CPU with AVX-512 BF16 or
+    /// AMX, else fp32), fp32, bf16 or fp16. LayerNorm statistics, softmax and the final
+    /// normalisation stay in fp32.
+    #[arg(long, env = "IMGFLEET_DTYPE", value_enum, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
 
     /// Images per model batch on CPU (on CUDA the largest batch that fits is probed).
     #[arg(long, env = "IMGFLEET_ENCODER_BATCH", default_value_t = 16)]
@@ -206,10 +213,11 @@ pub async fn load_encoder(args: &EncoderArgs) -> anyhow::Result<TchEncoder> {
         clip_model: models.clip_model.clone(),
         blip_model: models.captioner().map(str::to_owned),
         device,
+        dtype: args.dtype,
         cpu_batch: args.encoder_batch,
         max_waiting: 64,
     };
-    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %args.device, "loading models (a hub id is downloaded on first use)");
+    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %args.device, dtype = ?args.dtype, "loading models (a hub id is downloaded on first use)");
     Ok(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await?.context("loading the models")?)
 }
 

@@ -6,11 +6,13 @@ pub mod bench;
 pub mod blip;
 pub mod clip;
 pub mod config;
+pub mod fidelity;
 pub mod generate;
 pub mod http;
 pub mod layers;
 /// Re-exported from `imgfleet_shared`, where every process resolves model names.
 pub use imgfleet_shared::model_dir;
+pub mod precision;
 pub mod preprocess;
 pub mod runtime;
 pub mod stage;
@@ -43,6 +45,7 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
         clip_model: config.models.clip_model.clone(),
         blip_model: config.models.captioner().map(str::to_owned),
         device,
+        dtype: config.dtype,
         cpu_batch: config.encoder_batch,
         max_waiting: config.max_waiting,
     };

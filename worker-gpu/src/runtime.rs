@@ -16,6 +16,7 @@ use crate::blip::BlipModel;
 use crate::clip::{ClipModel, normalise_rows};
 use crate::generate::GenerationParams;
 use crate::model_dir::{ModelDir, ModelError};
+use crate::precision::{Dtype, kind_name};
 use crate::preprocess::ImageProcessorConfig;
 
 /// Most texts or images in one request.
@@ -54,6 +55,8 @@ pub struct RuntimeOptions {
     /// BLIP captioning checkpoint; `None` turns captioning off.
     pub blip_model: Option<String>,
     pub device: Device,
+    /// Number format of the weights and activations.
+    pub dtype: Dtype,
     /// Batch size on CPU (on CUDA it is probed).
     pub cpu_batch: usize,
     /// Requests waiting for the model beyond the one running; more are refused.
@@ -96,12 +99,13 @@ impl TchEncoder {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (jobs, queue) = sync_channel::<Job>(options.max_waiting.max(1));
         let device = options.device;
+        let kind = options.dtype.resolve(device);
         let cpu_batch = options.cpu_batch.max(1);
         std::thread::Builder::new()
             .name("imgfleet-models".into())
             .spawn(move || {
-                let loaded = ClipModel::load(&dir, device)
-                    .and_then(|clip| Ok((clip, blip_dir.as_ref().map(|d| BlipModel::load(d, device)).transpose()?)));
+                let loaded = ClipModel::load(&dir, device, kind)
+                    .and_then(|clip| Ok((clip, blip_dir.as_ref().map(|d| BlipModel::load(d, device, kind)).transpose()?)));
                 let (model, blip) = match loaded {
                     Ok(models) => models,
                     Err(e) => {
@@ -138,6 +142,7 @@ impl TchEncoder {
             clip_model = %options.clip_model,
             blip_model = ?capabilities.blip_model,
             device = %capabilities.device,
+            dtype = kind_name(kind),
             batch,
             blip_batch = capabilities.safe_blip_batch,
             dim,

@@ -13,6 +13,7 @@ mod limits;
 mod ml_api;
 mod nats_contracts;
 mod originals;
+mod precision;
 mod qdrant_contracts;
 mod redis_contracts;
 mod security;
