@@ -260,6 +260,8 @@ async fn encoder_alone(dir: &Path, encoder: Arc<TchEncoder>, prepared: Vec<Vec<u
     fresh(dir)?;
     let queue = queue_for(images);
     let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir)?);
+    // The stage skips images of ended jobs, and a job it cannot find has ended.
+    new_job(state.as_ref(), dir).await?;
     for (i, payload) in prepared.into_iter().enumerate() {
         queue.publish(Stream::Prepared, &format!("p{i}"), payload).await?;
     }

@@ -323,7 +323,7 @@ impl Setup {
         let cols = columns(settings, device);
         let temp_checkpoint = settings.dir.is_none().then(|| scratch_dir(what)).transpose()?;
         let dir = settings.dir.clone().or_else(|| temp_checkpoint.clone()).expect("a checkpoint dir");
-        eprintln!("writing a full-size random {what} checkpoint and starting transformers ({}) ...", settings.python.display());
+        eprintln!("writing a random {what} checkpoint and starting transformers ({}) ...", settings.python.display());
         let reference = Reference::start(&settings.python, script, &dir, device, settings.size)?;
         let checkpoint = ModelDir::resolve(dir.to_str().context("checkpoint dir is not utf-8")?, &[])?;
         Ok(Self { device, cols, reference: RefCell::new(reference), checkpoint, temp_checkpoint })
