@@ -13,8 +13,9 @@
 //!
 //! Transient store errors are retried with a growing delay; on the queue's last allowed
 //! delivery the images fail with the reason instead, so nothing is dead-lettered uncounted. A
-//! full disk is waited out (the deliveries kept alive), never counted against the deliveries:
-//! the stage resumes by itself once space is made.
+//! full disk and a store that cannot be reached (a Qdrant or Redis server restarting) are waited
+//! out, the deliveries kept alive, never counted against the deliveries: the stage resumes by
+//! itself once space is made or the server is back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -76,9 +77,18 @@ enum Transient {
     Queue(#[from] QueueError),
 }
 
+/// How long to pause between tries while a store cannot be reached.
+const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
+
 impl Transient {
-    fn is_disk_full(&self) -> bool {
-        matches!(self, Self::State(StateError::StorageFull(_)) | Self::Vectors(VectorError::StorageFull(_)))
+    /// For a condition that waiting cures (a full disk, a store that cannot be reached): how
+    /// long to pause before trying again.
+    fn pause(&self) -> Option<Duration> {
+        match self {
+            Self::State(StateError::StorageFull(_)) | Self::Vectors(VectorError::StorageFull(_)) => Some(FULL_DISK_PAUSE),
+            Self::State(StateError::Unavailable(_)) | Self::Vectors(VectorError::Unavailable(_)) => Some(OUTAGE_PAUSE),
+            _ => None,
+        }
     }
 }
 
@@ -159,10 +169,12 @@ impl Indexer {
         kept
     }
 
-    /// Waits while a store's disk is full, keeping `deliveries` alive; false when stopping.
-    async fn wait_for_space(&self, deliveries: impl Iterator<Item = &Delivery>, error: &Transient, stop: Option<&watch::Receiver<bool>>) -> bool {
-        warn!(error = %error, pause_secs = FULL_DISK_PAUSE.as_secs(), "a store's disk is full; the indexer waits for space");
-        tokio::time::sleep(FULL_DISK_PAUSE).await;
+    /// Waits a while (a store's disk is full, or it cannot be reached), keeping `deliveries`
+    /// alive; false when stopping.
+    async fn wait_out(&self, deliveries: impl Iterator<Item = &Delivery>, error: &Transient, stop: Option<&watch::Receiver<bool>>) -> bool {
+        let pause = error.pause().unwrap_or(OUTAGE_PAUSE);
+        warn!(error = %error, pause_ms = pause.as_millis() as u64, "the indexer waits for its store");
+        tokio::time::sleep(pause).await;
         for delivery in deliveries {
             let _ = delivery.in_progress().await;
         }
@@ -174,8 +186,8 @@ impl Indexer {
         loop {
             match self.upsert(collection, &batch).await {
                 Ok(()) => break,
-                Err(e) if e.is_disk_full() => {
-                    if !self.wait_for_space(batch.iter().map(|(d, _)| d), &e, stop).await {
+                Err(e) if e.pause().is_some() => {
+                    if !self.wait_out(batch.iter().map(|(d, _)| d), &e, stop).await {
                         for (delivery, _) in batch {
                             delivery.settle_or_warn(Settle::Retry(Duration::ZERO)).await;
                         }
@@ -211,7 +223,7 @@ impl Indexer {
         let mut jobs = BTreeSet::new();
         while !pending.is_empty() {
             let recorded = futures::future::join_all(pending.iter().map(|(_, image)| self.record_stored(collection, image))).await;
-            let mut full = None;
+            let mut waiting = None;
             let mut again = Vec::new();
             for ((delivery, image), result) in pending.into_iter().zip(recorded) {
                 match result {
@@ -219,8 +231,8 @@ impl Indexer {
                         jobs.insert(image.job_id.clone());
                         delivery.settle_or_warn(Settle::Ack).await;
                     }
-                    Err(e) if e.is_disk_full() => {
-                        full = Some(e);
+                    Err(e) if e.pause().is_some() => {
+                        waiting = Some(e);
                         again.push((delivery, image));
                     }
                     Err(e) => {
@@ -232,8 +244,8 @@ impl Indexer {
                 }
             }
             pending = again;
-            if let Some(e) = full {
-                if !self.wait_for_space(pending.iter().map(|(d, _)| d), &e, stop).await {
+            if let Some(e) = waiting {
+                if !self.wait_out(pending.iter().map(|(d, _)| d), &e, stop).await {
                     for (delivery, _) in pending {
                         delivery.settle_or_warn(Settle::Retry(Duration::ZERO)).await;
                     }
@@ -339,8 +351,8 @@ impl Indexer {
         let found = loop {
             match self.apply_paths(collection, &batch).await {
                 Ok(found) => break found,
-                Err(e) if e.is_disk_full() => {
-                    if !self.wait_for_space(batch.iter().map(|(d, _)| d), &e, stop).await {
+                Err(e) if e.pause().is_some() => {
+                    if !self.wait_out(batch.iter().map(|(d, _)| d), &e, stop).await {
                         for (delivery, _) in batch {
                             delivery.settle_or_warn(Settle::Retry(Duration::ZERO)).await;
                         }

@@ -1,7 +1,9 @@
 //! A whole fleet on this machine, each part its own OS process: `nats-server` (the repo's
-//! nats.conf, free port, temp store), a durable `redis-server`, one `imgfleet-api` (embedded
-//! vector store, so it runs the indexer), CPU workers and GPU workers (tiny fixture models on the
-//! CPU), with helpers to kill and restart any of them.
+//! nats.conf, free port, temp store), a durable `redis-server`, one `imgfleet-api`, CPU workers
+//! and GPU workers (tiny fixture models on the CPU), with helpers to kill and restart any of
+//! them. The vectors live in the API's embedded store (the API runs the indexer), or, with
+//! [`FleetOptions::qdrant_indexers`], on a real Qdrant server (with an API key) written by that
+//! many `imgfleet-indexer` processes while the API runs `--no-indexer`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use serde_json::Value;
 
 use crate::harness::{ChildProcess, fixture_models};
 use crate::nats_server::NatsServer;
+use crate::qdrant_server::QdrantServer;
 use crate::redis_server::RedisServer;
 
 /// How the fleet is made.
@@ -25,11 +28,20 @@ pub struct FleetOptions {
     /// `--max-prepared-waiting` of the CPU workers: keeps the time from claim to stored (and
     /// so under the claim TTL) short.
     pub max_prepared_waiting: u64,
+    /// `0`: the embedded vector store. Else a Qdrant server and this many indexer processes.
+    pub qdrant_indexers: usize,
 }
 
 impl Default for FleetOptions {
     fn default() -> Self {
-        Self { cpu_workers: 2, gpu_batches: vec![4, 8], ack_wait_secs: 10, cpu_concurrency: 1, max_prepared_waiting: 128 }
+        Self {
+            cpu_workers: 2,
+            gpu_batches: vec![4, 8],
+            ack_wait_secs: 10,
+            cpu_concurrency: 1,
+            max_prepared_waiting: 128,
+            qdrant_indexers: 0,
+        }
     }
 }
 
@@ -40,6 +52,9 @@ pub struct Fleet {
     /// `None` while killed.
     pub cpu: Vec<Option<ChildProcess>>,
     pub gpu: Vec<Option<ChildProcess>>,
+    pub indexers: Vec<Option<ChildProcess>>,
+    /// The vector store's server, when [`FleetOptions::qdrant_indexers`] is not 0.
+    pub qdrant: Option<QdrantServer>,
     options: FleetOptions,
     data: tempfile::TempDir,
     root: PathBuf,
@@ -50,6 +65,7 @@ pub struct Fleet {
 pub enum Worker {
     Cpu(usize),
     Gpu(usize),
+    Indexer(usize),
 }
 
 impl Fleet {
@@ -59,11 +75,17 @@ impl Fleet {
         let redis = RedisServer::start_durable();
         let data = tempfile::tempdir().expect("temp dir");
         let root = root.canonicalize().expect("ingest root");
+        let qdrant = (options.qdrant_indexers > 0).then(QdrantServer::start);
         let mut api_args = vec!["--port".to_owned(), "0".into(), "--data-dir".into(), data.path().display().to_string()];
         api_args.extend(["--ingest-root".to_owned(), root.display().to_string()]);
         api_args.extend(Self::common_args(&nats, &redis, &options));
+        if let Some(qdrant) = &qdrant {
+            api_args.extend(Self::qdrant_args(qdrant));
+            api_args.push("--no-indexer".into());
+        }
         let api = ChildProcess::spawn("imgfleet-api", &api_args);
-        let mut fleet = Self { nats, redis, api, cpu: Vec::new(), gpu: Vec::new(), options, data, root };
+        let mut fleet =
+            Self { nats, redis, api, cpu: Vec::new(), gpu: Vec::new(), indexers: Vec::new(), qdrant, options, data, root };
         for slot in 0..fleet.options.cpu_workers {
             let worker = fleet.spawn(Worker::Cpu(slot));
             fleet.cpu.push(Some(worker));
@@ -72,7 +94,15 @@ impl Fleet {
             let worker = fleet.spawn(Worker::Gpu(slot));
             fleet.gpu.push(Some(worker));
         }
+        for slot in 0..fleet.options.qdrant_indexers {
+            let indexer = fleet.spawn(Worker::Indexer(slot));
+            fleet.indexers.push(Some(indexer));
+        }
         fleet
+    }
+
+    fn qdrant_args(qdrant: &QdrantServer) -> Vec<String> {
+        vec!["--qdrant-url".into(), qdrant.url(), "--qdrant-api-key".into(), qdrant.api_key().to_owned()]
     }
 
     /// The flags every process gets: servers, models, queue settings.
@@ -113,6 +143,10 @@ impl Fleet {
                 args.extend(["--encoder-batch".to_owned(), self.options.gpu_batches[slot].to_string()]);
                 ChildProcess::spawn("imgfleet-worker-gpu", &args)
             }
+            Worker::Indexer(_) => {
+                args.extend(Self::qdrant_args(self.qdrant.as_ref().expect("indexers write to a Qdrant server")));
+                ChildProcess::spawn("imgfleet-indexer", &args)
+            }
         }
     }
 
@@ -120,6 +154,7 @@ impl Fleet {
         match worker {
             Worker::Cpu(slot) => &mut self.cpu[slot],
             Worker::Gpu(slot) => &mut self.gpu[slot],
+            Worker::Indexer(slot) => &mut self.indexers[slot],
         }
     }
 
@@ -139,7 +174,9 @@ impl Fleet {
     }
 
     pub fn workers(&self) -> Vec<Worker> {
-        (0..self.cpu.len()).map(Worker::Cpu).chain((0..self.gpu.len()).map(Worker::Gpu)).collect()
+        let cpu = (0..self.cpu.len()).map(Worker::Cpu);
+        let gpu = (0..self.gpu.len()).map(Worker::Gpu);
+        cpu.chain(gpu).chain((0..self.indexers.len()).map(Worker::Indexer)).collect()
     }
 
     pub fn root(&self) -> &Path {
@@ -159,6 +196,7 @@ impl Fleet {
         let process = match worker {
             Worker::Cpu(slot) => self.cpu[slot].as_ref(),
             Worker::Gpu(slot) => self.gpu[slot].as_ref(),
+            Worker::Indexer(slot) => self.indexers[slot].as_ref(),
         }?;
         Some(process.url("/metrics"))
     }

@@ -7,4 +7,5 @@ pub mod embedded;
 pub mod fleet;
 pub mod harness;
 pub mod nats_server;
+pub mod qdrant_server;
 pub mod redis_server;

@@ -3,6 +3,10 @@
 //! Exact counts on ~2,000 generated files with duplicates and broken ones; search through
 //! NATS request/reply; and the same under chaos (workers killed with SIGKILL, both servers
 //! restarted), with nothing stored twice and nothing left unsettled.
+//!
+//! Each fleet test runs twice: with the API's embedded vector store, and (module
+//! `qdrant_server`) with a real Qdrant server written by two `imgfleet-indexer` processes while
+//! the API runs `--no-indexer`; there the chaos kills indexers too and restarts the Qdrant server.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -58,13 +62,52 @@ fn png_base64(path: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The fleet tests again, on a Qdrant server with two indexer processes.
+mod qdrant_server {
+    use super::*;
+
+    fn options() -> FleetOptions {
+        FleetOptions { qdrant_indexers: 2, ..FleetOptions::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fleet_with_indexers_ingests_two_thousand_files_with_exact_counts() {
+        super::ingests_two_thousand_files_with_exact_counts(options()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chaos_kills_indexers_and_restarts_qdrant_too() {
+        let plan = [
+            Chaos::KillWorker,
+            Chaos::KillIndexer,
+            Chaos::RestartNats,
+            Chaos::KillWorker,
+            Chaos::RestartQdrant,
+            Chaos::KillWorker,
+            Chaos::RestartRedis,
+            Chaos::KillIndexer,
+            Chaos::KillWorker,
+        ];
+        super::chaos(FleetOptions { ack_wait_secs: 15, ..options() }, &plan).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fleet_with_indexers_settles_every_file_whatever_operators_do() {
+        super::settles_every_file_whatever_operators_do(options()).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_of_processes_ingests_two_thousand_files_with_exact_counts() {
+    ingests_two_thousand_files_with_exact_counts(FleetOptions::default()).await;
+}
+
+async fn ingests_two_thousand_files_with_exact_counts(options: FleetOptions) {
     let root = tempfile::tempdir().unwrap();
     let spec = CorpusSpec { unique: 1800, duplicates: 150, broken: 50, min_side: 48, max_side: 160, seed: 11 };
     let (dir, corpus) = corpus_in(root.path(), &spec);
     assert_eq!(corpus.total(), 2000);
-    let mut fleet = Fleet::start(root.path(), FleetOptions::default());
+    let mut fleet = Fleet::start(root.path(), options);
     let client = Client::new();
 
     let started = Instant::now();
@@ -124,6 +167,9 @@ async fn a_fleet_of_processes_ingests_two_thousand_files_with_exact_counts() {
         let worker = fleet.cpu[slot].take().unwrap();
         assert!(worker.terminate().success(), "CPU worker {slot} did not exit cleanly on SIGTERM");
     }
+    for (slot, indexer) in fleet.indexers.iter_mut().enumerate() {
+        assert!(indexer.take().unwrap().terminate().success(), "indexer {slot} did not exit cleanly on SIGTERM");
+    }
     let health: Value = client.get(fleet.api_url("/healthz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
 }
@@ -147,22 +193,42 @@ impl Rng {
 
 #[derive(Debug, Clone, Copy)]
 enum Chaos {
+    /// `kill -9` of a random CPU or GPU worker (or indexer), back at once under a new name.
     KillWorker,
+    /// `kill -9` of a random indexer.
+    KillIndexer,
     RestartNats,
     RestartRedis,
+    /// `kill -9` of the Qdrant server, started again on its storage.
+    RestartQdrant,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
+    let plan = [
+        Chaos::KillWorker,
+        Chaos::KillWorker,
+        Chaos::RestartNats,
+        Chaos::KillWorker,
+        Chaos::KillWorker,
+        Chaos::RestartRedis,
+        Chaos::KillWorker,
+        Chaos::KillWorker,
+    ];
+    chaos(FleetOptions { ack_wait_secs: 15, ..FleetOptions::default() }, &plan).await;
+}
+
+/// Runs `plan` (a blow a second) against an ingest of 4,000 files, then the last blow (CPU
+/// workers, a GPU worker and an indexer at once) against a folder of big photos. The ack wait
+/// is longer than the default test fleet's, so that the last blow's bound (twice the ack wait)
+/// leaves room for the work still to do after it.
+async fn chaos(options: FleetOptions, plan: &[Chaos]) {
     let root = tempfile::tempdir().unwrap();
     // Bigger than the counting test's: the ingest must outlast eight blows and two restarts.
     let spec = CorpusSpec { unique: 3600, duplicates: 300, broken: 100, min_side: 160, max_side: 400, seed: 23 };
     let (dir, corpus) = corpus_in(root.path(), &spec);
     let big_spec = CorpusSpec { unique: 300, duplicates: 30, broken: 6, min_side: 900, max_side: 1400, seed: 24 };
     let (big_dir, big) = corpus_named(root.path(), "big", &big_spec);
-    // The ack wait is longer than the default test fleet's, so that the last blow's bound (twice
-    // the ack wait) leaves room for the work still to do after it.
-    let options = FleetOptions { ack_wait_secs: 15, ..FleetOptions::default() };
     let ack_wait = Duration::from_secs(options.ack_wait_secs);
     let mut fleet = Fleet::start(root.path(), options);
     let client = Client::new();
@@ -174,29 +240,25 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
     let mut rng = Rng(seed);
 
     let job_id = ingest(&client, &fleet, &dir).await;
-    let plan = [
-        Chaos::KillWorker,
-        Chaos::KillWorker,
-        Chaos::RestartNats,
-        Chaos::KillWorker,
-        Chaos::KillWorker,
-        Chaos::RestartRedis,
-        Chaos::KillWorker,
-        Chaos::KillWorker,
-    ];
     let workers = fleet.workers();
-    for step in plan {
+    let indexers: Vec<Worker> = workers.iter().copied().filter(|w| matches!(w, Worker::Indexer(_))).collect();
+    for &step in plan {
         // Some progress between blows.
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let status = job_status(&client, &fleet, &job_id).await;
         assert_ne!(status["status"], "completed", "the ingest ended before the chaos did ({step:?} left): make the corpus bigger");
         match step {
-            Chaos::KillWorker => {
-                let worker = workers[rng.below(workers.len())];
+            Chaos::KillWorker | Chaos::KillIndexer => {
+                let among = if matches!(step, Chaos::KillIndexer) { &indexers } else { &workers };
+                let worker = among[rng.below(among.len())];
                 eprintln!("chaos: kill -9 {worker:?} at {:?}", counts(&status));
                 fleet.kill(worker);
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 fleet.restart(worker);
+            }
+            Chaos::RestartQdrant => {
+                eprintln!("chaos: kill -9 and restart the Qdrant server at {:?}", counts(&status));
+                fleet.qdrant.as_mut().expect("a Qdrant fleet").restart();
             }
             Chaos::RestartNats => {
                 eprintln!("chaos: restart nats-server at {:?}", counts(&status));
@@ -232,17 +294,19 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
         let settled: u64 = counts(&status)[1..].iter().sum();
         let held = stream_states(&fleet.nats).await.iter().find(|s| s.stream == "IMGFLEET_FILES").map_or(0, |s| s.num_ack_pending);
         if status["scan_complete"] == true && settled * 100 >= 25 * total && held > 0 {
-            eprintln!("chaos: last blow (kill -9 both CPU workers, holding {held} file tasks, and GPU 0) at {:?}", counts(&status));
+            eprintln!("chaos: last blow (kill -9 both CPU workers, holding {held} file tasks, GPU 0, indexer 0 if any) at {:?}", counts(&status));
             break;
         }
         assert!(Instant::now() < deadline, "no progress: {status}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let last_blow = Instant::now();
-    for worker in [Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)] {
+    let mut blown = vec![Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)];
+    blown.extend(indexers.first());
+    for &worker in &blown {
         fleet.kill(worker);
     }
-    for worker in [Worker::Cpu(0), Worker::Cpu(1), Worker::Gpu(0)] {
+    for &worker in &blown {
         fleet.restart(worker);
     }
     let job = wait_for_job(&api, &job_id, Duration::from_secs(600)).await;
@@ -260,10 +324,14 @@ async fn chaos_kill_workers_and_restart_both_servers_during_an_ingest() {
 /// stored once, nothing is left in the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_settles_every_file_whatever_operators_do() {
+    settles_every_file_whatever_operators_do(FleetOptions::default()).await;
+}
+
+async fn settles_every_file_whatever_operators_do(options: FleetOptions) {
     let root = tempfile::tempdir().unwrap();
     let spec = CorpusSpec { unique: 900, duplicates: 90, broken: 10, min_side: 120, max_side: 360, seed: 29 };
     let (dir, corpus) = corpus_in(root.path(), &spec);
-    let fleet = Fleet::start(root.path(), FleetOptions::default());
+    let fleet = Fleet::start(root.path(), options);
     let client = Client::new();
     let api = fleet.api_url("");
     let limit = Duration::from_secs(600);
