@@ -11,7 +11,11 @@ import sys
 import tempfile
 import time
 
-import torch
+try:
+    import torch
+    import transformers  # noqa: F401 (the reference side needs it)
+except ImportError as e:
+    sys.exit(f"gpu-check: {sys.executable} cannot import torch and transformers ({e}); set IMGFLEET_PYTHON to a python that can")
 
 PARITY_MIN_COSINE = 0.999
 SETTINGS = {
