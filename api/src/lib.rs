@@ -80,7 +80,8 @@ pub async fn serve_with(
     imgfleet_shared::http::server::serve(listener, router, limits, shutdown).await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    imgfleet_shared::http::ops::shutdown_signal().await;
+/// Resolves on SIGINT or SIGTERM; the handlers are installed by this call (see
+/// [`imgfleet_shared::http::ops::shutdown_signal`]).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    imgfleet_shared::http::ops::shutdown_signal()
 }

@@ -12,6 +12,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 pub struct ApiMetrics {
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
+    /// Time to answer a search, by what it searches with (`text`, `image`, `like`, `embedding`).
+    pub search_seconds: HistogramVec,
 }
 
 pub static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
@@ -30,6 +32,21 @@ pub static METRICS: LazyLock<ApiMetrics> = LazyLock::new(|| ApiMetrics {
         )
         .expect("valid metric"),
     ),
+    search_seconds: {
+        let search_seconds = register(
+            HistogramVec::new(
+                HistogramOpts::new("search_duration_seconds", "Time to answer a search that succeeded, by kind (text, image, like, embedding)")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
+        // Series from the start: the first search of a kind then counts in its rates.
+        for kind in ["text", "image", "like", "embedding"] {
+            search_seconds.with_label_values(&[kind]);
+        }
+        search_seconds
+    },
 });
 
 /// A bounded label: the standard methods by name, anything else `other` (a made-up method

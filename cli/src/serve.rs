@@ -258,10 +258,12 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(config.api.host, config.api.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
+    // Before the address is announced: whoever reads that line may signal at once.
+    let shutdown = imgfleet_api::shutdown_signal();
     // One stdout line a script (or test harness) can wait for.
     println!("imgfleet listening on http://{bound}");
     let router = imgfleet_api::router(embedded.app.clone(), config.api.max_body_bytes);
-    imgfleet_api::serve_with(listener, router, config.api.limits, imgfleet_api::shutdown_signal()).await?;
+    imgfleet_api::serve_with(listener, router, config.api.limits, shutdown).await?;
     info!("http stopped; stopping the pipeline between batches");
     embedded.stop().await;
     info!("stopped");

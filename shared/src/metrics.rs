@@ -49,6 +49,14 @@ pub struct PipelineMetrics {
     /// Publishes the queue answered as duplicates of an earlier publish of the same attempt
     /// (work redelivered after its output was published), by stream.
     pub duplicate_publishes: IntCounterVec,
+    /// Messages given up on and recorded as dead letters, by stream (every stream starts at
+    /// 0, so a healthy fleet reports 0 rather than nothing).
+    pub dead_letters: IntCounterVec,
+    /// Items per batch over the batch the stage asked for (1 = full), by stage.
+    pub batch_fill: HistogramVec,
+    /// Time from a message's publish to its first delivery to a worker, by stream: for
+    /// `prepared`, how long a prepared image waits before a GPU worker takes it.
+    pub queue_wait_seconds: HistogramVec,
 }
 
 pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetrics {
@@ -78,12 +86,45 @@ pub static PIPELINE: LazyLock<PipelineMetrics> = LazyLock::new(|| PipelineMetric
     queue_depth: register(
         IntGaugeVec::new(Opts::new("queue_depth", "Messages per stream, pending or in flight"), &["stream", "state"]).expect("valid metric"),
     ),
-    jobs_finished: register(
-        IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
-    ),
+    jobs_finished: {
+        let jobs_finished = register(
+            IntCounterVec::new(Opts::new("jobs_finished_total", "Jobs that ended, by final status"), &["status"]).expect("valid metric"),
+        );
+        // Series from the start: a counter first scraped at 1 shows no increase.
+        for status in ["completed", "failed", "cancelled"] {
+            jobs_finished.with_label_values(&[status]);
+        }
+        jobs_finished
+    },
     duplicate_publishes: register(
         IntCounterVec::new(
             Opts::new("queue_duplicate_publishes_total", "Publishes answered as a duplicate of the same attempt, by stream"),
+            &["stream"],
+        )
+        .expect("valid metric"),
+    ),
+    dead_letters: {
+        let dead_letters = register(
+            IntCounterVec::new(Opts::new("dead_letters_total", "Messages dead-lettered after their last delivery, by stream"), &["stream"])
+                .expect("valid metric"),
+        );
+        for stream in crate::names::Stream::ALL {
+            dead_letters.with_label_values(&[stream.label()]);
+        }
+        dead_letters
+    },
+    batch_fill: register(
+        HistogramVec::new(
+            HistogramOpts::new("pipeline_batch_fill_ratio", "Items per batch over the batch asked for (1 = full), by stage")
+                .buckets(vec![0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]),
+            &["stage"],
+        )
+        .expect("valid metric"),
+    ),
+    queue_wait_seconds: register(
+        HistogramVec::new(
+            HistogramOpts::new("queue_wait_seconds", "Time from a message's publish to its first delivery, by stream")
+                .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0]),
             &["stream"],
         )
         .expect("valid metric"),

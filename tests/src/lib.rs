@@ -7,5 +7,6 @@ pub mod embedded;
 pub mod fleet;
 pub mod harness;
 pub mod nats_server;
+pub mod prometheus_server;
 pub mod qdrant_server;
 pub mod redis_server;

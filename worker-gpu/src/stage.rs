@@ -99,6 +99,8 @@ impl EncoderStage {
             capabilities.safe_clip_batch
         };
         let batch = if config.batch > 0 { config.batch } else { capability.max(1) };
+        // A series from the start, so the first batches count in its rates.
+        PIPELINE.batch_fill.with_label_values(&["encoder"]);
         Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default() }
     }
 
@@ -158,6 +160,7 @@ impl EncoderStage {
         }
         if !items.is_empty() {
             PIPELINE.batch_size.with_label_values(&["encoder"]).observe(items.len() as f64);
+            PIPELINE.batch_fill.with_label_values(&["encoder"]).observe(items.len() as f64 / self.batch as f64);
             self.encode_batch(items).await;
             PIPELINE.batch_seconds.with_label_values(&["encoder"]).observe(started.elapsed().as_secs_f64());
         }

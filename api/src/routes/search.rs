@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::error::{AppError, AppResult, ErrorBody};
 use crate::extract::ApiJson;
+use crate::metrics::METRICS;
 use crate::state::AppState;
 
 /// Most hits one search returns.
@@ -90,6 +91,7 @@ pub fn vector_size_mismatch(collection: &str, size: usize, got: usize, what: &st
     responses((status = 200, body = Vec<SearchHit>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn search(State(app): State<AppState>, ApiJson(body): ApiJson<SearchRequest>) -> AppResult<Json<Vec<SearchHit>>> {
+    let started = std::time::Instant::now();
     let collection = app.collection_or_active(body.collection.as_deref())?;
     let limit = check_limit(body.limit, 10, MAX_SEARCH_LIMIT, "limit")?;
     let offset = body.offset.unwrap_or(0);
@@ -107,6 +109,12 @@ pub async fn search(State(app): State<AppState>, ApiJson(body): ApiJson<SearchRe
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(AppError::invalid("give exactly one of embedding, text, image_base64 and like_id"));
     }
+    let kind = match given {
+        [true, ..] => "embedding",
+        [_, true, ..] => "text",
+        [_, _, true, _] => "image",
+        _ => "like",
+    };
     let like = body.like_id.as_deref().map(|like| parse_image_id(like, "like_id")).transpose()?;
     if let Some(embedding) = &body.embedding {
         if embedding.is_empty() {
@@ -151,7 +159,9 @@ pub async fn search(State(app): State<AppState>, ApiJson(body): ApiJson<SearchRe
         return Err(vector_size_mismatch(collection.as_str(), size, vector.len(), "the query vector"));
     }
     let query = SearchQuery { vector, filter, limit, offset, score_threshold: body.score_threshold.map(|t| t as f32), with_vector: body.with_vector };
-    Ok(Json(app.vectors.search(collection.as_str(), &query).await?))
+    let hits = app.vectors.search(collection.as_str(), &query).await?;
+    METRICS.search_seconds.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
+    Ok(Json(hits))
 }
 
 fn encoder(app: &AppState) -> AppResult<std::sync::Arc<dyn imgfleet_shared::ports::Encoder>> {

@@ -84,6 +84,7 @@ struct Message {
     payload: Vec<u8>,
     deliveries: u32,
     not_before: Option<Instant>,
+    published: Instant,
 }
 
 impl MemoryQueue {
@@ -160,6 +161,7 @@ impl Inner {
         if self.dead.len() == capacity {
             self.dead.pop_front();
         }
+        crate::metrics::PIPELINE.dead_letters.with_label_values(&[letter.stream.label()]).inc();
         self.dead.push_back(letter);
     }
 
@@ -197,6 +199,10 @@ impl StreamState {
                 continue;
             }
             message.not_before = None;
+            if message.deliveries == 1 {
+                let waited = now.saturating_duration_since(message.published).as_secs_f64();
+                crate::metrics::PIPELINE.queue_wait_seconds.with_label_values(&[self.stream.label()]).observe(waited);
+            }
             let token = inner.next_token;
             inner.next_token += 1;
             let delivery = Delivery::new(
@@ -307,6 +313,7 @@ impl WorkQueue for MemoryQueue {
                         payload: payload.take().expect("published once"),
                         deliveries: 0,
                         not_before: None,
+                        published: now,
                     });
                     drop(inner);
                     state.readable.notify_waiters();

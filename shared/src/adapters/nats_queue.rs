@@ -174,6 +174,14 @@ impl NatsQueueConfig {
     }
 }
 
+/// Records how long a message waited in `stream`, from the server's publish time (nanoseconds
+/// since the epoch) to now; a clock behind the server's counts as no wait.
+fn observe_queue_wait(stream: Stream, published_nanos: i128) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    let waited = (now - published_nanos).max(0) as f64 / 1e9;
+    crate::metrics::PIPELINE.queue_wait_seconds.with_label_values(&[stream.label()]).observe(waited);
+}
+
 /// A dead letter as stored in [`DEAD_LETTER_STREAM`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DeadLetterRecord {
@@ -476,7 +484,12 @@ impl Shared {
 
     fn delivery(self: &Arc<Self>, stream: Stream, message: jetstream::Message) -> Delivery {
         let (deliveries, sequence) = match message.info() {
-            Ok(info) => (u32::try_from(info.delivered).unwrap_or(1).max(1), info.stream_sequence),
+            Ok(info) => {
+                if info.delivered == 1 {
+                    observe_queue_wait(stream, info.published.unix_timestamp_nanos());
+                }
+                (u32::try_from(info.delivered).unwrap_or(1).max(1), info.stream_sequence)
+            }
             Err(_) => (1, 0),
         };
         let (message, acker) = message.split();
@@ -519,7 +532,12 @@ impl Shared {
         let publish = Publish::build().payload(payload.into()).message_id(format!("{}.{sequence}", stream.name()));
         let attempt = async { self.js.send_publish(stream.dead_letter_subject(), publish).await?.await };
         match tokio::time::timeout(self.config.request_timeout, attempt).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(ack)) => {
+                if !ack.duplicate {
+                    crate::metrics::PIPELINE.dead_letters.with_label_values(&[stream.label()]).inc();
+                }
+                Ok(())
+            }
             Ok(Err(e)) => Err(classify("record dead letter", e)),
             Err(_) => Err(QueueError::Unavailable("record dead letter: timed out".into())),
         }

@@ -31,21 +31,29 @@ async fn metrics() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)], crate::metrics::render())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing the address, so that a signal sent as soon
+/// as that line appears stops the process cleanly (before the handler exists, SIGTERM's default
+/// action kills it).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    async move {
+        async fn recv(signal: Option<Signal>) {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
+        tokio::select! {
+            () = recv(term) => {},
+            () = recv(interrupt) => {},
+        }
+        tracing::info!("shutdown signal received: stopping between batches");
     }
-    tracing::info!("shutdown signal received: stopping between batches");
 }
 
 /// Binds `host:port`, prints `<process> listening on http://ADDR` (the line scripts and tests

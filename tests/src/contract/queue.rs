@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use imgfleet_shared::metrics::PIPELINE;
 use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{Settle, WorkQueue};
 
@@ -93,6 +94,10 @@ pub async fn retry_waits_its_delay(f: &dyn QueueFixture) {
 }
 
 pub async fn terminate_dead_letters(f: &dyn QueueFixture) {
+    // Process-wide counters other cases add to as well: they only grow.
+    let dead_counted = || PIPELINE.dead_letters.with_label_values(&[S.label()]).get();
+    let waits_observed = || PIPELINE.queue_wait_seconds.with_label_values(&[S.label()]).get_sample_count();
+    let (dead_before, waits_before) = (dead_counted(), waits_observed());
     let q = f.open().await;
     q.publish(S, "poison", b"?".to_vec()).await.unwrap();
     q.publish(S, "fine", b"!".to_vec()).await.unwrap();
@@ -107,6 +112,8 @@ pub async fn terminate_dead_letters(f: &dyn QueueFixture) {
     let dead = q.dead_letters(S, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].message_id.as_str(), dead[0].reason.as_str()), ("poison", "not an image"));
+    assert!(dead_counted() > dead_before, "the dead letter is counted in imgfleet_dead_letters_total");
+    assert!(waits_observed() >= waits_before + 2, "each first delivery's wait is observed in imgfleet_queue_wait_seconds");
 }
 
 pub async fn max_deliver_dead_letters(f: &dyn QueueFixture) {

@@ -11,6 +11,7 @@ mod fleet;
 mod ingest;
 mod limits;
 mod ml_api;
+mod monitoring;
 mod nats_contracts;
 mod originals;
 mod precision;
