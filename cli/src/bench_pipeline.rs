@@ -20,7 +20,8 @@ use imgfleet_shared::names::Stream;
 use imgfleet_shared::ports::{Encoder, StateStore, VectorStore, WorkQueue};
 use imgfleet_worker_cpu::corpus::{self, CorpusSpec};
 use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner, SymlinkPolicy};
-use imgfleet_worker_gpu::runtime::TchEncoder;
+use imgfleet_worker_gpu::precision::{Dtype, kind_name};
+use imgfleet_worker_gpu::runtime::{TchEncoder, parse_device};
 use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
 use tokio::sync::watch;
 
@@ -45,7 +46,9 @@ pub struct PipelineBench {
     /// Distinct photos for the full-size models (BLIP-base on a CPU makes about one caption a second).
     #[arg(long, default_value_t = 48)]
     pub full_images: usize,
-    /// Longest side of the generated JPEGs is drawn between 640 and this.
+    /// Longest side of the generated photos is drawn between --min-side and --max-side.
+    #[arg(long, default_value_t = 640)]
+    pub min_side: u32,
     #[arg(long, default_value_t = 1280)]
     pub max_side: u32,
     #[arg(long, value_enum, default_value_t = ModelSet::Tiny)]
@@ -56,6 +59,9 @@ pub struct PipelineBench {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Number format of the models (auto: fp16 on CUDA, bf16 on a CPU with AVX-512 BF16 or AMX, else fp32).
+    #[arg(long, value_enum, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
     /// Images per model batch on CPU.
     #[arg(long, default_value_t = 16)]
     pub encoder_batch: usize,
@@ -118,14 +124,16 @@ async fn bench_one(args: &PipelineBench, scratch: &Path, clip: &Path, blip: &Pat
     let models = EncoderArgs {
         models: ModelArgs { clip_model: clip.display().to_string(), blip_model: blip.display().to_string(), no_caption: false },
         device: args.device.clone(),
+        dtype: args.dtype,
         encoder_batch: Some(args.encoder_batch as u32),
         caption_sub_batch: 0,
     };
     let encoder = Arc::new(load_encoder(&models).await?);
-    let photos = scratch.join(format!("photos-{images}-{}", args.max_side));
+    let photos = scratch.join(format!("photos-{images}-{}-{}", args.min_side, args.max_side));
     if !photos.exists() {
         eprintln!("generating {images} photos in {} ...", photos.display());
-        let spec = CorpusSpec { unique: images, duplicates: 0, broken: 0, min_side: 640, max_side: args.max_side.max(641), seed: 42 };
+        let spec =
+            CorpusSpec { unique: images, duplicates: 0, broken: 0, min_side: args.min_side, max_side: args.max_side.max(args.min_side + 1), seed: 42 };
         corpus::generate(&photos, &spec)?;
     }
     let photos = photos.canonicalize()?;
@@ -137,14 +145,24 @@ async fn bench_one(args: &PipelineBench, scratch: &Path, clip: &Path, blip: &Pat
     eprintln!("indexer alone ...");
     let indexer_rate = indexer_alone(&scratch.join("indexer"), encoded, images, encoder.capabilities().embedding_dim).await?;
     eprintln!("end to end ...");
-    let e2e_rate = end_to_end(&scratch.join("e2e"), &photos, &models, encoder, images).await?;
+    let e2e_rate = end_to_end(&scratch.join("e2e"), &photos, &models, encoder.clone(), images).await?;
 
     let stages = [("cpu stage", cpu_rate), ("encoder (CLIP + BLIP)", encoder_rate), ("indexer", indexer_rate)];
     let (slowest, slowest_rate) = stages.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).expect("three stages");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let capabilities = encoder.capabilities();
+    let kind = args.dtype.resolve(parse_device(&args.device).map_err(anyhow::Error::msg)?);
     let mut out = format!(
-        "pipeline: {images} generated photos (3/4 JPEG, 1/4 PNG; 640–{} px), {label}, {}, {cores} cores\n{:<24} {:>10}\n",
-        args.max_side, args.device, "stage", "images/s"
+        "pipeline: {images} generated photos (3/4 JPEG, 1/4 PNG; longest side {}–{} px), {label}, {} {}, {cores} cores\n\
+         batches: CLIP {}, BLIP {}\n{:<24} {:>10}\n",
+        args.min_side,
+        args.max_side,
+        args.device,
+        kind_name(kind),
+        capabilities.safe_clip_batch,
+        capabilities.safe_blip_batch,
+        "stage",
+        "images/s"
     );
     let shown = |rate: f64| if rate < 10.0 { format!("{rate:>10.3}") } else { format!("{rate:>10.1}") };
     for (name, rate) in stages {
@@ -243,6 +261,8 @@ async fn encoder_alone(dir: &Path, encoder: Arc<TchEncoder>, prepared: Vec<Vec<u
     fresh(dir)?;
     let queue = queue_for(images);
     let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir)?);
+    // The stage skips images of ended jobs, and a job it cannot find has ended.
+    new_job(state.as_ref(), dir).await?;
     for (i, payload) in prepared.into_iter().enumerate() {
         queue.publish(Stream::Prepared, &format!("p{i}"), payload).await?;
     }

@@ -19,6 +19,7 @@ use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
 use imgfleet_shared::workers::WorkerRegistry;
 use imgfleet_worker_cpu::scan::file_task_id;
 use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
+use imgfleet_worker_gpu::precision::Dtype;
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder, parse_device};
 use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
 use tokio::sync::watch;
@@ -33,6 +34,12 @@ pub struct EncoderArgs {
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,
+
+    /// Number format of the models: auto (fp16 on CUDA, bf16 on a CPU with AVX-512 BF16 or
+    /// AMX, else fp32), fp32, bf16 or fp16. LayerNorm statistics, softmax and the final
+    /// normalisation stay in fp32.
+    #[arg(long, env = "IMGFLEET_DTYPE", value_enum, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
 
     /// Images per model batch. On CPU it is the batch (default 16); on CUDA the largest batch
     /// that fits is probed up to this bound (default 512), never more; at most 512.
@@ -228,12 +235,13 @@ pub async fn load_encoder(args: &EncoderArgs) -> anyhow::Result<TchEncoder> {
         clip_model: models.clip_model.clone(),
         blip_model: models.captioner().map(str::to_owned),
         device,
+        dtype: args.dtype,
         max_batch: imgfleet_worker_gpu::default_batch(args.encoder_batch, device),
         max_waiting: 64,
         caption_sub_batch: args.caption_sub_batch,
         search_first: true,
     };
-    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %args.device, "loading models (a hub id is downloaded on first use)");
+    info!(clip = %options.clip_model, blip = ?options.blip_model, device = %args.device, dtype = ?args.dtype, "loading models (a hub id is downloaded on first use)");
     Ok(tokio::task::spawn_blocking(move || TchEncoder::start(options)).await?.context("loading the models")?)
 }
 

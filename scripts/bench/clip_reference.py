@@ -1,20 +1,26 @@
 #!/usr/bin/env python3
 """Reference side of `imgfleet bench clip`: writes a full-size ViT-B/32-shaped CLIP checkpoint
-with random weights (nothing downloaded) and times transformers' get_image_features /
-get_text_features on it. Prints one JSON line: {"image": {batch: per_second}, "text": {...}}.
+with seeded random weights (nothing downloaded); with --serve, then times transformers'
+get_image_features / get_text_features on it, one command at a time (see reference_server.py):
 
-    python clip_reference.py --out DIR [--batches 1,8,32] [--repeats 3] [--device cpu]
+    {"op": "image"|"text", "batch": 8, "dtype": "fp32"|"bf16"|"fp16"}  ->  {"seconds": s}
+    {"op": "parity", "batch": 4, "file": PATH}  ->  {} (inputs and fp32 outputs written to PATH)
+
+    python clip_reference.py --out DIR [--serve] [--device cpu] [--size full|tiny]
+
+--size tiny writes a 2-layer, 64-wide model of the same architecture (for checking the
+benchmark itself quickly).
 """
 
 import argparse
-import json
 import os
-import time
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from reference_server import DTYPES, Models, save_outputs, serve, timed
 
 TEXTS = ["a photo of a dog playing on the beach at sunset", "two cats", "a red car parked in front of a house"]
 
@@ -31,57 +37,58 @@ def byte_tokenizer() -> Tokenizer:
     return tok
 
 
-def rate(fn, batch, repeats):
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return batch * repeats / (time.perf_counter() - start)
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--serve", action="store_true")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--size", choices=["full", "tiny"], default="full")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    config = CLIPConfig()  # ViT-B/32 image tower, 12-layer 512-wide text tower, 512-d projections
+    torch.manual_seed(0)
+    if args.size == "tiny":
+        config = CLIPConfig(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4), vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, patch_size=32), projection_dim=32)
+    else:
+        config = CLIPConfig()  # ViT-B/32 image tower, 12-layer 512-wide text tower, 512-d projections
     config.text_config.eos_token_id = 1
     model = CLIPModel(config).eval()
     model.save_pretrained(args.out, safe_serialization=True)
     tok = byte_tokenizer()
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>").save_pretrained(args.out)
     CLIPImageProcessorPil().save_pretrained(args.out)
-
+    if not args.serve:
+        return
     device = torch.device(args.device)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.half()
-    dtype = next(model.parameters()).dtype
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = {"image": {}, "text": {}, "threads": torch.get_num_threads(), "torch": torch.__version__}
-    with torch.inference_mode():
-        for b in [int(x) for x in args.batches.split(",") if x]:
-            pixels = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b)).to(device, dtype)
+    models_ = Models(model, device)
 
-            def images():
-                model.get_image_features(pixel_values=pixels)
-                sync()
+    def texts(batch):
+        enc = tok.encode_batch([TEXTS[i % len(TEXTS)] for i in range(batch)])
+        width = max(len(e.ids) for e in enc)
+        ids = torch.tensor([e.ids + [1] * (width - len(e.ids)) for e in enc], device=device)
+        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in enc], device=device)
+        return ids, mask
 
-            out["image"][b] = rate(images, b, args.repeats)
-            enc = tok.encode_batch([TEXTS[i % len(TEXTS)] for i in range(b)])
-            width = max(len(e.ids) for e in enc)
-            ids = torch.tensor([e.ids + [1] * (width - len(e.ids)) for e in enc], device=device)
-            mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in enc], device=device)
+    def image(batch, dtype):
+        pixels = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch)).to(device, DTYPES[dtype])
+        return timed(device, lambda: models_.get(dtype).get_image_features(pixel_values=pixels))
 
-            def texts():
-                model.get_text_features(input_ids=ids, attention_mask=mask)
-                sync()
+    def text(batch, dtype):
+        ids, mask = texts(batch)
+        return timed(device, lambda: models_.get(dtype).get_text_features(input_ids=ids, attention_mask=mask))
 
-            out["text"][b] = rate(texts, b, args.repeats)
-    print(json.dumps(out))
+    def parity(batch, file):
+        pixels = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1000 + batch)).to(device)
+        ids, mask = texts(batch)
+        model = models_.get("fp32")
+        out = {
+            "pixel_values": pixels,
+            "input_ids": ids,
+            "image_embeds": model.get_image_features(pixel_values=pixels).pooler_output,
+            "text_embeds": model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+        }
+        return save_outputs(out, file)
+
+    serve({"image": image, "text": text, "parity": parity})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ pub struct SearchBench {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Number format of the models (see `serve --dtype`).
+    #[arg(long, value_enum, default_value_t = crate::precision::Dtype::Auto)]
+    pub dtype: crate::precision::Dtype,
     /// Python with torch and transformers (writes the random checkpoints).
     #[arg(long, env = "IMGFLEET_PYTHON", default_value = "/opt/imgfleet/venv/bin/python")]
     pub python: PathBuf,
@@ -70,6 +73,7 @@ async fn measure(args: &SearchBench, clip: &str, blip: &str, search_first: bool)
         clip_model: clip.to_owned(),
         blip_model: Some(blip.to_owned()),
         device: parse_device(&args.device).map_err(anyhow::Error::msg)?,
+        dtype: args.dtype,
         max_batch: args.batch,
         max_waiting: 64,
         caption_sub_batch: args.caption_sub_batch,

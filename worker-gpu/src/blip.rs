@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::generate::GenerationParams;
 use crate::layers::Activation;
 use crate::model_dir::{ModelDir, ModelError};
+use crate::precision::cast_weights;
 use crate::preprocess::ImageProcessorConfig;
 
 /// `BlipTextConfig`; absent fields take `transformers`' defaults.
@@ -116,7 +117,7 @@ impl VisionLayer {
         let qkv = self.qkv.forward(&self.ln1.forward(x)).view([b, t, 3, self.heads, d / self.heads]).permute([2, 0, 3, 1, 4]);
         let attended = merge_heads(&attend(&qkv.get(0), &qkv.get(1), &qkv.get(2), false));
         let x = x + self.projection.forward(&attended);
-        let h = self.act.apply(&self.fc1.forward(&self.ln2.forward(&x)));
+        let h = self.act.apply(self.fc1.forward(&self.ln2.forward(&x)));
         &x + self.fc2.forward(&h)
     }
 }
@@ -334,12 +335,12 @@ impl TextDecoder {
             let (ck, cv) = &cache.cross_kv[i];
             let context = attend(&split_heads(&c.query.forward(&x), l.heads), ck, cv, false);
             x = c.output(&context, &x);
-            let h = l.act.apply(&l.intermediate.forward(&x));
+            let h = l.act.apply(l.intermediate.forward(&x));
             x = l.output_ln.forward(&(l.output.forward(&h) + &x));
         }
         cache.len += new;
         let last = x.select(1, new - 1);
-        let h = self.transform_ln.forward(&self.act.apply(&self.transform_dense.forward(&last)));
+        let h = self.transform_ln.forward(&self.act.apply(self.transform_dense.forward(&last)));
         h.matmul(&self.word_embeddings.ws.tr()) + &self.lm_bias
     }
 }
@@ -361,8 +362,9 @@ pub struct BlipModel {
 }
 
 impl BlipModel {
-    /// Loads a checkpoint directory onto `device`; fp16 on CUDA, fp32 on CPU.
-    pub fn load(dir: &ModelDir, device: Device) -> Result<Self, ModelError> {
+    /// Loads a checkpoint directory onto `device`, its weights cast to `kind` (see
+    /// [`crate::precision`]).
+    pub fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<Self, ModelError> {
         let config: BlipConfig = dir.json("config.json")?;
         let processor = ImageProcessorConfig::from_file(&dir.file("preprocessor_config.json")?)
             .map_err(|e| ModelError::Invalid(dir.describe("preprocessor_config.json"), e))?;
@@ -378,11 +380,8 @@ impl BlipModel {
         let mut text = TextDecoder::new(&root / "text_decoder", &config.text_config, config.vision_config.hidden_size)?;
         let weights = dir.file("model.safetensors")?;
         vs.load(&weights).map_err(|e| ModelError::Invalid(weights.display().to_string(), e.to_string()))?;
-        let kind = if device.is_cuda() { Kind::Half } else { Kind::Float };
-        if kind == Kind::Half {
-            vs.half();
-        }
         vs.freeze();
+        cast_weights(&mut vs, kind);
         text.fuse();
         Ok(Self { config, processor, tokenizer, checkpoint_generation, vision, text, _vs: vs, device, kind })
     }

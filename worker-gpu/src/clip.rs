@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::layers::{Activation, Encoder, EncoderConfig};
 use crate::model_dir::{ModelDir, ModelError};
+use crate::precision::cast_weights;
 use crate::preprocess::ImageProcessorConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,8 +204,9 @@ pub struct ClipModel {
 }
 
 impl ClipModel {
-    /// Loads a checkpoint directory onto `device`; fp16 on CUDA, fp32 on CPU.
-    pub fn load(dir: &ModelDir, device: Device) -> Result<Self, ModelError> {
+    /// Loads a checkpoint directory onto `device`, its weights cast to `kind` (see
+    /// [`crate::precision`]).
+    pub fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<Self, ModelError> {
         let config: ClipConfig = dir.json("config.json")?;
         let processor = ImageProcessorConfig::from_file(&dir.file("preprocessor_config.json")?)
             .map_err(|e| ModelError::Invalid(dir.describe("preprocessor_config.json"), e))?;
@@ -219,11 +221,10 @@ impl ClipModel {
         let text_projection = nn::linear(&root / "text_projection", config.text_config.hidden_size, config.projection_dim, no_bias);
         let weights = dir.file("model.safetensors")?;
         vs.load(&weights).map_err(|e| ModelError::Invalid(weights.display().to_string(), e.to_string()))?;
-        let kind = if device.is_cuda() { Kind::Half } else { Kind::Float };
-        if kind == Kind::Half {
-            vs.half();
-        }
         vs.freeze();
+        vision.encoder.fold_activations();
+        text.encoder.fold_activations();
+        cast_weights(&mut vs, kind);
         vision.encoder.fuse();
         text.encoder.fuse();
         Ok(Self { config, processor, tokenizer, vision, text, visual_projection, text_projection, _vs: vs, device, kind })

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use clap::Args;
 use imgfleet_shared::config::{FleetArgs, ModelArgs};
 use imgfleet_shared::http::ServerLimits;
+
+use crate::precision::Dtype;
 use imgfleet_shared::http::auth::{ApiKeys, KeyConfigError, check_exposure};
 
 /// The flag keys are given with, as error messages name it.
@@ -32,6 +34,12 @@ pub struct GpuWorkerConfig {
     /// auto (CUDA when present), cpu, cuda or cuda:N.
     #[arg(long, env = "IMGFLEET_DEVICE", default_value = "auto")]
     pub device: String,
+
+    /// Number format of the models: auto (fp16 on CUDA, bf16 on a CPU with AVX-512 BF16 or
+    /// AMX, else fp32), fp32, bf16 or fp16. LayerNorm statistics, softmax and the final
+    /// normalisation stay in fp32.
+    #[arg(long, env = "IMGFLEET_DTYPE", value_enum, default_value_t = Dtype::Auto)]
+    pub dtype: Dtype,
 
     /// Images per forward pass, the batch this worker pulls from the queue. On CPU it is the
     /// batch (default 16); on CUDA the largest batch that fits is probed up to this bound
@@ -101,6 +109,7 @@ impl std::fmt::Debug for GpuWorkerConfig {
             .field("models", &self.models)
             .field("fleet", &self.fleet)
             .field("device", &self.device)
+            .field("dtype", &self.dtype)
             .field("encoder_batch", &self.encoder_batch)
             .field("worker_id", &self.worker_id)
             .field("caption_sub_batch", &self.caption_sub_batch)

@@ -11,7 +11,11 @@ pub enum Activation {
     QuickGelu,
     Gelu,
     GeluTanh,
+    Silu,
 }
+
+/// quick_gelu's constant: `x·σ(1.702·x)`.
+const QUICK_GELU: f64 = 1.702;
 
 impl Activation {
     pub fn parse(name: &str) -> Result<Self, ModelError> {
@@ -19,17 +23,31 @@ impl Activation {
             "quick_gelu" => Ok(Self::QuickGelu),
             "gelu" => Ok(Self::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "silu" | "swish" => Ok(Self::Silu),
             other => Err(ModelError::Unsupported(format!("activation {other:?}"))),
         }
     }
 
-    pub fn apply(self, x: &Tensor) -> Tensor {
+    /// In place: `x` is a fresh projection output nothing else holds.
+    pub fn apply(self, mut x: Tensor) -> Tensor {
         match self {
-            Self::QuickGelu => x * (x * 1.702).sigmoid(),
-            Self::Gelu => x.gelu("none"),
-            Self::GeluTanh => x.gelu("tanh"),
+            Self::QuickGelu => &x * (&x * QUICK_GELU).sigmoid(),
+            Self::Gelu => x.gelu_("none"),
+            Self::GeluTanh => x.gelu_("tanh"),
+            Self::Silu => x.silu_(),
         }
     }
+}
+
+/// Scales a linear layer's weight (and bias, when `with_bias`) in place; the weights must be
+/// frozen.
+fn scale(linear: &mut nn::Linear, factor: f64, with_bias: bool) {
+    tch::no_grad(|| {
+        let _ = linear.ws.g_mul_scalar_(factor);
+        if with_bias && let Some(bs) = linear.bs.as_mut() {
+            let _ = bs.g_mul_scalar_(factor);
+        }
+    });
 }
 
 pub struct EncoderConfig {
@@ -124,6 +142,20 @@ impl Encoder {
         Self { layers }
     }
 
+    /// Turns quick_gelu MLPs into silu ones with the same output: `x·σ(1.702x) =
+    /// silu(1.702x)/1.702`, so fc1 is scaled by 1.702 and fc2's weight by 1/1.702, and the
+    /// activation is one in-place kernel instead of three passes. Call on the frozen fp32
+    /// weights, before any cast.
+    pub fn fold_activations(&mut self) {
+        for l in &mut self.layers {
+            if l.act == Activation::QuickGelu {
+                scale(&mut l.fc1, QUICK_GELU, true);
+                scale(&mut l.fc2, 1.0 / QUICK_GELU, false);
+                l.act = Activation::Silu;
+            }
+        }
+    }
+
     /// Fuses each layer's q/k/v projections; call once the weights are loaded.
     pub fn fuse(&mut self) {
         for l in &mut self.layers {
@@ -135,7 +167,7 @@ impl Encoder {
         let mut x = x.shallow_clone();
         for l in &self.layers {
             x = &x + l.attn.forward(&l.ln1.forward(&x), causal);
-            let h = l.act.apply(&l.fc1.forward(&l.ln2.forward(&x)));
+            let h = l.act.apply(l.fc1.forward(&l.ln2.forward(&x)));
             x = &x + l.fc2.forward(&h);
         }
         x

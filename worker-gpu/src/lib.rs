@@ -7,12 +7,14 @@ pub mod bench_search;
 pub mod blip;
 pub mod clip;
 pub mod config;
+pub mod fidelity;
 pub mod generate;
 pub mod http;
 pub mod lanes;
 pub mod layers;
 /// Re-exported from `imgfleet_shared`, where every process resolves model names.
 pub use imgfleet_shared::model_dir;
+pub mod precision;
 pub mod preprocess;
 pub mod runtime;
 pub mod stage;
@@ -45,6 +47,7 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
         clip_model: config.models.clip_model.clone(),
         blip_model: config.models.captioner().map(str::to_owned),
         device,
+        dtype: config.dtype,
         max_batch: default_batch(config.encoder_batch, device),
         max_waiting: config.max_waiting,
         caption_sub_batch: config.caption_sub_batch,

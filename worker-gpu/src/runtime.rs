@@ -18,6 +18,7 @@ use crate::clip::{ClipModel, normalise_rows};
 use crate::generate::GenerationParams;
 use crate::lanes::{Lane, Lanes, Refused};
 use crate::model_dir::{ModelDir, ModelError};
+use crate::precision::{Dtype, kind_name};
 use crate::preprocess::ImageProcessorConfig;
 
 /// Most texts or images in one request.
@@ -56,6 +57,8 @@ pub struct RuntimeOptions {
     /// BLIP captioning checkpoint; `None` turns captioning off.
     pub blip_model: Option<String>,
     pub device: Device,
+    /// Number format of the weights and activations.
+    pub dtype: Dtype,
     /// The batch on CPU; on CUDA the most the probe may choose (it may choose less).
     pub max_batch: usize,
     /// Requests waiting for the model beyond the one running; more are refused.
@@ -130,12 +133,13 @@ impl TchEncoder {
         let queue = lanes.clone();
         let serving_options = options.clone();
         let device = options.device;
+        let kind = options.dtype.resolve(device);
         let max_batch = options.max_batch.max(1);
         std::thread::Builder::new()
             .name("imgfleet-models".into())
             .spawn(move || {
-                let loaded = ClipModel::load(&dir, device)
-                    .and_then(|clip| Ok((clip, blip_dir.as_ref().map(|d| BlipModel::load(d, device)).transpose()?)));
+                let loaded = ClipModel::load(&dir, device, kind)
+                    .and_then(|clip| Ok((clip, blip_dir.as_ref().map(|d| BlipModel::load(d, device, kind)).transpose()?)));
                 let (model, blip) = match loaded {
                     Ok(models) => models,
                     Err(e) => {
@@ -174,6 +178,7 @@ impl TchEncoder {
             clip_model = %options.clip_model,
             blip_model = ?capabilities.blip_model,
             device = %capabilities.device,
+            dtype = kind_name(kind),
             batch,
             blip_batch = capabilities.safe_blip_batch,
             dim,

@@ -16,7 +16,7 @@ const LOGITS_BOUND: f64 = 1e-4;
 
 fn load(name: &str) -> BlipModel {
     let dir = ModelDir::resolve(fixture(name).to_str().unwrap(), &[]).unwrap();
-    BlipModel::load(&dir, Device::Cpu).unwrap()
+    BlipModel::load(&dir, Device::Cpu, Kind::Float).unwrap()
 }
 
 fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {

@@ -22,7 +22,7 @@ fn reference(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
 
 fn load(name: &str) -> ClipModel {
     let dir = ModelDir::resolve(fixture(name).to_str().unwrap(), &[]).unwrap();
-    ClipModel::load(&dir, Device::Cpu).unwrap()
+    ClipModel::load(&dir, Device::Cpu, Kind::Float).unwrap()
 }
 
 fn image(t: &Tensor) -> RgbImage {
@@ -128,15 +128,15 @@ fn missing_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixture("clip-tiny-a").join("config.json"), dir.path().join("config.json")).unwrap();
     let model_dir = ModelDir::resolve(dir.path().to_str().unwrap(), &[]).unwrap();
-    let err = ClipModel::load(&model_dir, Device::Cpu).err().expect("incomplete checkpoint refused").to_string();
+    let err = ClipModel::load(&model_dir, Device::Cpu, Kind::Float).err().expect("incomplete checkpoint refused").to_string();
     assert!(err.contains("preprocessor_config.json"), "{err}");
     for file in ["preprocessor_config.json", "tokenizer.json"] {
         std::fs::copy(fixture("clip-tiny-a").join(file), dir.path().join(file)).unwrap();
     }
-    let err = ClipModel::load(&model_dir, Device::Cpu).err().unwrap().to_string();
+    let err = ClipModel::load(&model_dir, Device::Cpu, Kind::Float).err().unwrap().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
     std::fs::write(dir.path().join("model.safetensors"), b"not safetensors").unwrap();
-    let err = ClipModel::load(&model_dir, Device::Cpu).err().unwrap().to_string();
+    let err = ClipModel::load(&model_dir, Device::Cpu, Kind::Float).err().unwrap().to_string();
     assert!(err.contains("model.safetensors"), "{err}");
 }
 

@@ -164,6 +164,7 @@ async fn ingest_search_and_reingest_a_folder() {
             clip_model: models().join("clip-tiny-224").display().to_string(),
             blip_model: Some(models().join("blip-tiny-a").display().to_string()),
             device: tch::Device::Cpu,
+            dtype: imgfleet_worker_gpu::precision::Dtype::Auto,
             max_batch: 8,
             max_waiting: 8,
             caption_sub_batch: 0,

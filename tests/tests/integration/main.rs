@@ -14,6 +14,7 @@ mod ml_api;
 mod monitoring;
 mod nats_contracts;
 mod originals;
+mod precision;
 mod qdrant_contracts;
 mod redis_contracts;
 mod security;

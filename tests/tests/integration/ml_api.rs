@@ -24,6 +24,7 @@ async fn encoder_with(cpu_batch: usize, blip: Option<&str>) -> Arc<TchEncoder> {
         clip_model: fixture("clip-tiny-a").to_string_lossy().into_owned(),
         blip_model: blip.map(|name| fixture(name).to_string_lossy().into_owned()),
         device: tch::Device::Cpu,
+        dtype: imgfleet_worker_gpu::precision::Dtype::Auto,
         max_batch: cpu_batch,
         max_waiting: 8,
         caption_sub_batch: 0,

@@ -339,6 +339,7 @@ mod keepalive_and_rpc {
             clip_model: fixture_models().join("clip-tiny-a").display().to_string(),
             blip_model: None,
             device: tch::Device::Cpu,
+            dtype: imgfleet_worker_gpu::precision::Dtype::Auto,
             max_batch: 4,
             max_waiting: 8,
             caption_sub_batch: 0,
