@@ -91,6 +91,11 @@ impl WorkerRegistry {
     /// Takes a heartbeat in: the worker is live until it misses [`MISSED_HEARTBEATS`], or gone
     /// now if it is stopping. A heartbeat of another schema version is ignored.
     pub fn record(&self, heartbeat: WorkerHeartbeat) {
+        self.record_at(heartbeat, Instant::now());
+    }
+
+    /// [`Self::record`] with the arrival time given (tests use their own clock).
+    pub fn record_at(&self, heartbeat: WorkerHeartbeat, now: Instant) {
         if heartbeat.schema_version != SCHEMA_VERSION {
             tracing::debug!(worker = %heartbeat.worker_id, version = heartbeat.schema_version, "heartbeat of another schema version ignored");
             return;
@@ -101,13 +106,18 @@ impl WorkerRegistry {
             return;
         }
         let id = heartbeat.worker_id.clone();
-        entries.insert(id, Entry { heartbeat, at: Instant::now(), at_wall: chrono::Utc::now() });
+        entries.insert(id, Entry { heartbeat, at: now, at_wall: chrono::Utc::now() });
     }
 
     /// The live workers, by name; forgets those whose heartbeats stopped.
     pub fn live(&self) -> Vec<WorkerStatus> {
+        self.live_at(Instant::now())
+    }
+
+    /// [`Self::live`] as seen at `now` (tests use their own clock).
+    pub fn live_at(&self, now: Instant) -> Vec<WorkerStatus> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, e| e.at.elapsed() < expiry(&e.heartbeat));
+        entries.retain(|_, e| now.saturating_duration_since(e.at) < expiry(&e.heartbeat));
         let mut live: Vec<WorkerStatus> = entries
             .values()
             .map(|e| {
@@ -123,7 +133,7 @@ impl WorkerRegistry {
                     images_per_second: h.images_per_second,
                     images_total: h.images_total,
                     last_seen: e.at_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    last_seen_seconds: e.at.elapsed().as_secs_f64(),
+                    last_seen_seconds: now.saturating_duration_since(e.at).as_secs_f64(),
                 }
             })
             .collect();
@@ -172,7 +182,11 @@ impl Announcer {
 
     /// The next heartbeat (the last one when `stopping`).
     pub fn heartbeat(&mut self, stopping: bool) -> WorkerHeartbeat {
-        let now = Instant::now();
+        self.heartbeat_at(stopping, Instant::now())
+    }
+
+    /// [`Self::heartbeat`] as of `now` (tests use their own clock).
+    pub fn heartbeat_at(&mut self, stopping: bool, now: Instant) -> WorkerHeartbeat {
         let total = (self.encoded)();
         self.samples.push_back((now, total));
         while self.samples.len() > RATE_WINDOW + 1 {
@@ -262,16 +276,19 @@ mod tests {
 
     #[test]
     fn live_workers_are_listed_and_summed_until_their_heartbeats_stop() {
+        // The registry is read on a clock of the test's own, so a slow machine cannot flake it.
+        let t0 = Instant::now();
         let registry = WorkerRegistry::new();
-        registry.record(heartbeat("b", 8, 60_000));
-        registry.record(heartbeat("a", 4, 100));
-        let live = registry.live();
+        registry.record_at(heartbeat("b", 8, 60_000), t0);
+        registry.record_at(heartbeat("a", 4, 100), t0);
+        let live = registry.live_at(t0 + Duration::from_millis(299));
         assert_eq!(live.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!((live[0].batch, live[0].safe_clip_batch, live[0].device.as_str()), (4, 8, "cpu"));
-        assert_eq!(registry.total_batch(), 12);
+        assert_eq!(live.iter().map(|w| w.batch).sum::<usize>(), 12);
+        assert!((live[0].last_seen_seconds - 0.299).abs() < 1e-6);
         // "a" said it beats every 100 ms: three missed beats later it is gone.
-        std::thread::sleep(Duration::from_millis(350));
-        assert_eq!(registry.total_batch(), 8);
+        let later = registry.live_at(t0 + Duration::from_millis(300));
+        assert_eq!(later.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(), ["b"]);
         registry.record(WorkerHeartbeat { stopping: true, ..heartbeat("b", 8, 60_000) });
         assert!(registry.live().is_empty(), "a stopping worker is gone at once");
         registry.record(WorkerHeartbeat { schema_version: SCHEMA_VERSION + 1, ..heartbeat("c", 8, 60_000) });
@@ -283,12 +300,20 @@ mod tests {
         let counter = Arc::new(AtomicU64::new(0));
         let read = counter.clone();
         let mut announcer = Announcer::new("w".into(), capabilities(), 8, Box::new(move || read.load(Ordering::Relaxed)));
-        assert_eq!(announcer.heartbeat(false).images_per_second, 0.0);
-        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert_eq!(announcer.heartbeat_at(false, t0).images_per_second, 0.0);
         counter.store(10, Ordering::Relaxed);
-        let beat = announcer.heartbeat(false);
+        let beat = announcer.heartbeat_at(false, t0 + Duration::from_millis(100));
         assert_eq!(beat.images_total, 10);
-        assert!(beat.images_per_second > 20.0 && beat.images_per_second <= 100.0, "{}", beat.images_per_second);
+        assert!((beat.images_per_second - 100.0).abs() < 1e-9, "{}", beat.images_per_second);
+        // Averaged over the last RATE_WINDOW intervals: old samples fall out of the window.
+        for i in 2..=(RATE_WINDOW as u64 + 3) {
+            counter.store(10 * i, Ordering::Relaxed);
+            announcer.heartbeat_at(false, t0 + Duration::from_millis(100 * i));
+        }
+        counter.store(10 * (RATE_WINDOW as u64 + 4), Ordering::Relaxed);
+        let steady = announcer.heartbeat_at(false, t0 + Duration::from_millis(100 * (RATE_WINDOW as u64 + 4)));
+        assert!((steady.images_per_second - 100.0).abs() < 1e-9, "{}", steady.images_per_second);
         assert!(announcer.heartbeat(true).stopping);
         let wire = serde_json::to_vec(&beat).unwrap();
         assert_eq!(serde_json::from_slice::<WorkerHeartbeat>(&wire).unwrap(), beat);
