@@ -41,11 +41,17 @@ pub struct EncoderStageConfig {
     /// The queue's `max_deliver`: on that delivery a transient failure fails the images
     /// instead of being retried.
     pub max_deliver: u32,
-    /// How long a batch that is not full waits for more images after its first one. A
-    /// model's cost per batch is largely fixed, so when the stage before is slower, waiting
-    /// to fill the batch spends far less compute per image than running small batches.
+    /// How long a batch that is not full waits for more images after its first one, at
+    /// least. A model's cost per batch is largely fixed, so when the stage before is slower,
+    /// waiting to fill the batch spends far less compute per image than running small
+    /// batches: the wait grows to half of what the last batch took (at most [`MAX_LINGER`],
+    /// which is also the wait before the first batch). Either way it ends when no image came
+    /// for a fifth of it (the input has run dry). Zero: never wait.
     pub linger: Duration,
 }
+
+/// The longest a batch that is not full waits for more images.
+pub const MAX_LINGER: Duration = Duration::from_secs(2);
 
 impl Default for EncoderStageConfig {
     fn default() -> Self {
@@ -76,6 +82,8 @@ pub struct EncoderStage {
     jobs: JobStatusCache,
     /// Images encoded and published so far (what the worker's heartbeat reports).
     encoded: Arc<AtomicU64>,
+    /// How long the last batch took to encode and settle, in µs (0 before the first).
+    last_batch_micros: AtomicU64,
 }
 
 /// One prepared image of a batch, with its delivery.
@@ -104,7 +112,7 @@ impl EncoderStage {
         let batch = if config.batch > 0 { config.batch } else { capability.max(1) };
         // A series from the start, so the first batches count in its rates.
         PIPELINE.batch_fill.with_label_values(&["encoder"]);
-        Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default(), encoded: Arc::default() }
+        Self { queue, state, encoder, config, batch, caption, jobs: JobStatusCache::default(), encoded: Arc::default(), last_batch_micros: AtomicU64::new(0) }
     }
 
     /// What this stage's worker announces in its heartbeats: the encoder's capabilities, the
@@ -152,13 +160,14 @@ impl EncoderStage {
         }
         // Fill the batch while images keep coming: stop at the linger, or when none came for
         // a fifth of it (the input has run dry: the end of a job).
-        let deadline = Instant::now() + self.config.linger;
+        let linger = self.linger();
+        let deadline = Instant::now() + linger;
         while deliveries.len() < self.batch {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let more = self.queue.fetch(Stream::Prepared, self.batch - deliveries.len(), left.min(self.config.linger / 5)).await?;
+            let more = self.queue.fetch(Stream::Prepared, self.batch - deliveries.len(), left.min(linger / 5)).await?;
             if more.is_empty() {
                 break;
             }
@@ -186,9 +195,19 @@ impl EncoderStage {
             PIPELINE.batch_size.with_label_values(&["encoder"]).observe(items.len() as f64);
             PIPELINE.batch_fill.with_label_values(&["encoder"]).observe(items.len() as f64 / self.batch as f64);
             self.encode_batch(items).await;
-            PIPELINE.batch_seconds.with_label_values(&["encoder"]).observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            self.last_batch_micros.store(took.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+            PIPELINE.batch_seconds.with_label_values(&["encoder"]).observe(took.as_secs_f64());
         }
         Ok(fetched)
+    }
+
+    /// How long a batch that is not full waits for more images: the configured linger, or
+    /// half of what the last batch took when that is longer (at most [`MAX_LINGER`]); before
+    /// any batch was timed, [`MAX_LINGER`] (a fleet's first images trickle in, shared by
+    /// every worker waiting for them).
+    fn linger(&self) -> Duration {
+        linger_after(self.config.linger, Duration::from_micros(self.last_batch_micros.load(Ordering::Relaxed)))
     }
 
     async fn encode_batch(&self, items: Vec<Item>) {
@@ -222,9 +241,10 @@ impl EncoderStage {
         }
         match self.encode(&items).await {
             Ok(results) => {
-                for (item, (embedding, caption)) in items.into_iter().zip(results) {
-                    self.publish_and_settle(item, embedding, caption).await;
-                }
+                // Each image's publish and ack wait on the queue's round trips: all at once,
+                // not one after the other (on a fast GPU that wait is a good part of a batch).
+                let settles = items.into_iter().zip(results).map(|(item, (embedding, caption))| self.publish_and_settle(item, embedding, caption));
+                futures::future::join_all(settles).await;
             }
             Err(e @ (EncoderError::Overloaded | EncoderError::Unavailable(_))) => {
                 for item in items {
@@ -365,6 +385,18 @@ impl EncoderStage {
 }
 
 
+/// The linger after a batch that took `last`, zero before the first (see
+/// [`EncoderStageConfig::linger`]).
+fn linger_after(configured: Duration, last: Duration) -> Duration {
+    if configured.is_zero() {
+        return Duration::ZERO;
+    }
+    if last.is_zero() {
+        return configured.max(MAX_LINGER);
+    }
+    configured.max((last / 2).min(MAX_LINGER))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +408,16 @@ mod tests {
         assert_eq!(config.retry_delay(3), Duration::from_secs(2));
         assert_eq!(config.retry_delay(30), Duration::from_secs(30));
         assert_eq!(encoded_id("ab", "0.f"), "enc:ab:0.f");
+    }
+
+    #[test]
+    fn the_linger_grows_with_slow_batches_within_bounds() {
+        let ms = Duration::from_millis;
+        let configured = ms(250);
+        assert_eq!(linger_after(configured, Duration::ZERO), MAX_LINGER, "before the first batch: the longest");
+        assert_eq!(linger_after(configured, ms(80)), configured, "a fast GPU batch keeps the configured wait");
+        assert_eq!(linger_after(configured, ms(2_000)), ms(1_000), "half of a slow batch");
+        assert_eq!(linger_after(configured, ms(14_000)), MAX_LINGER, "never more than the cap");
+        assert_eq!(linger_after(Duration::ZERO, ms(2_000)), Duration::ZERO, "zero turns the wait off");
     }
 }
