@@ -38,7 +38,12 @@ struct Args {
     sim_latency_ms: u64,
     sim_seconds: f64,
     prepared_codec: String,
+    /// Ends the scale-out with a run whose simulated batches take almost no time.
+    ceiling: bool,
 }
+
+/// The batch latency of the CPU-bound run.
+const CEILING_LATENCY_MS: u64 = 20;
 
 fn parse_args() -> Args {
     let mut args = Args {
@@ -52,6 +57,7 @@ fn parse_args() -> Args {
         sim_latency_ms: 2000,
         sim_seconds: 20.0,
         prepared_codec: "lossless".into(),
+        ceiling: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +74,13 @@ fn parse_args() -> Args {
             "--sim-latency-ms" => args.sim_latency_ms = number(&text) as u64,
             "--sim-seconds" => args.sim_seconds = number(&text) as f64,
             "--prepared-codec" => args.prepared_codec = text,
+            "--ceiling" => {
+                args.ceiling = match text.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => usage(&flag),
+                }
+            }
             _ => usage(&flag),
         }
     }
@@ -243,14 +256,23 @@ async fn scale(args: &Args, scratch: &Path) -> anyhow::Result<()> {
         ..FleetOptions::default()
     };
     let photos = scratch.join("scale");
+    let mut plan: Vec<(usize, Duration)> = args.sim_workers.iter().map(|&m| (m, simulation.latency)).collect();
+    if args.ceiling {
+        // Last, the largest M with batches that take almost no time: what the CPU side can feed.
+        let m = args.sim_workers.iter().copied().max().unwrap_or(1);
+        plan.push((m, Duration::from_millis(CEILING_LATENCY_MS)));
+    }
     let mut folders = Vec::new();
-    for (run, &m) in args.sim_workers.iter().enumerate() {
-        let images = ((one_worker * m as f64 * args.sim_seconds).ceil() as usize).max(simulation.batch * m * 2);
+    for (run, &(m, latency)) in plan.iter().enumerate() {
+        let per_worker = simulation.batch as f64 / latency.as_secs_f64();
+        // The CPU-bound run is sized like the largest simulated one.
+        let rate = if latency == simulation.latency { per_worker * m as f64 } else { one_worker * m as f64 };
+        let images = ((rate * args.sim_seconds).ceil() as usize).max(simulation.batch * m * 2);
         let dir = photos.join(format!("m{m}-{run}"));
         eprintln!("generating {images} photos for M = {m} ...");
         let spec = CorpusSpec { unique: images, duplicates: 0, broken: 0, min_side: 320, max_side: 640, seed: 100 + run as u64 };
         corpus::generate(&dir, &spec)?;
-        folders.push((m, images, dir.canonicalize()?));
+        folders.push((m, images, dir.canonicalize()?, latency));
     }
     eprintln!("fleet: api + {} CPU workers, simulated GPU workers in this process ...", args.cpu_workers);
     let fleet = Fleet::start(scratch, options);
@@ -260,34 +282,64 @@ async fn scale(args: &Args, scratch: &Path) -> anyhow::Result<()> {
     let images: Value = reqwest::get(fleet.api_url("/api/v1/collections/images")).await?.json().await?;
     simulation.dim = images["vector_size"].as_u64().ok_or_else(|| anyhow::anyhow!("no vector size: {images}"))? as usize;
     let mut rows = Vec::new();
-    for (run, (m, images, dir)) in folders.into_iter().enumerate() {
+    let runs = folders.len();
+    for (run, (m, images, dir, latency)) in folders.into_iter().enumerate() {
+        let simulation = scale_out::Simulation { latency, ..simulation };
         let workers = scale_out::Workers::start(&fleet, simulation, m, run).await?;
         scale_out::wait_for_workers(&fleet.api_url(""), m).await?;
         let (in_before, out_before) = scale_out::nats_bytes(&fleet).await?;
+        let began = Instant::now();
         let (secs, job) = ingest_and_time(&fleet.api_url(""), &dir, Some(&format!("scale{run}"))).await?;
+        let ended = Instant::now();
         anyhow::ensure!(job["status"] == "completed", "scale-out job: {job}");
         let (in_after, out_after) = scale_out::nats_bytes(&fleet).await?;
         let prepared = workers.prepared_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64
             / workers.prepared_messages.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+        let summary = workers.timeline.summary(began, ended, simulation.batch);
         workers.stop().await;
         scale_out::wait_for_workers(&fleet.api_url(""), 0).await?;
         let rate = images as f64 / secs;
-        eprintln!("bench-fleet: M = {m}: {images} images in {secs:.1} s, {rate:.1} images/s");
-        rows.push((m, images, rate, (in_after - in_before) as f64 / images as f64, (out_after - out_before) as f64 / images as f64, prepared));
+        eprintln!(
+            "bench-fleet: M = {m}{}: {images} images in {secs:.1} s, {rate:.1} images/s (steady {:.1}; start {:.1} s, tail {:.1} s, fill {:.2})",
+            if run + 1 == runs && args.ceiling { " (CPU bound)" } else { "" },
+            summary.steady_rate,
+            summary.start_secs,
+            summary.tail_secs,
+            summary.fill
+        );
+        rows.push((m, images, rate, (in_after - in_before) as f64 / images as f64, (out_after - out_before) as f64 / images as f64, prepared, summary));
     }
+    let ceiling = if args.ceiling { rows.pop() } else { None };
     let base = rows.first().map_or(one_worker, |r| r.2 / r.0 as f64);
+    let steady_base = rows.first().map_or(one_worker, |r| r.6.steady_rate / r.0 as f64);
     println!(
         "imgfleet bench fleet, scale-out: api + {} CPU workers (processes, --prepared-codec {}) + M simulated GPU workers (batch {}, {} ms a batch: {:.1} images/s each at best), photos 320-640 px",
         args.cpu_workers, args.prepared_codec, simulation.batch, args.sim_latency_ms, one_worker
     );
-    println!("  {:>3} {:>7} {:>10} {:>12} {:>9} {:>14} {:>14} {:>14}", "M", "images", "images/s", "M × one", "ratio", "NATS in B/img", "NATS out B/img", "prepared B");
-    for (m, images, rate, bytes_in, bytes_out, prepared) in rows {
-        let linear = base * m as f64;
+    if let Some(c) = &ceiling {
         println!(
-            "  {m:>3} {images:>7} {rate:>10.1} {linear:>12.1} {:>9.2} {bytes_in:>14.0} {bytes_out:>14.0} {prepared:>14.0}",
-            rate / linear
+            "  CPU bound (the fleet with {} simulated workers at {} ms a batch, so the encoders wait on the CPU side): {:.1} images/s whole run, {:.1} steady",
+            c.0, CEILING_LATENCY_MS, c.2, c.6.steady_rate
         );
     }
+    println!(
+        "  {:>3} {:>7} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>7} {:>6} {:>5} {:>9} {:>9} {:>10}",
+        "M", "images", "images/s", "M × one", "ratio", "steady/s", "M × one", "ratio", "start s", "tail s", "fill", "NATS in", "NATS out", "prepared"
+    );
+    for (m, images, rate, bytes_in, bytes_out, prepared, summary) in rows {
+        let linear = base * m as f64;
+        let steady_linear = steady_base * m as f64;
+        println!(
+            "  {m:>3} {images:>7} {rate:>9.1} {linear:>9.1} {:>6.2} {:>9.1} {steady_linear:>9.1} {:>6.2} {:>7.1} {:>6.1} {:>5.2} {bytes_in:>9.0} {bytes_out:>9.0} {prepared:>10.0}",
+            rate / linear,
+            summary.steady_rate,
+            summary.steady_rate / steady_linear,
+            summary.start_secs,
+            summary.tail_secs,
+            summary.fill
+        );
+    }
+    println!("  (NATS in/out: bytes per image through the server; prepared: the mean prepared message in bytes)");
     Ok(())
 }
 

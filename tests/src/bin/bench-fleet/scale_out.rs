@@ -4,7 +4,7 @@
 //! the fleet's own limits show. The simulated encoder lives here, in the benchmark, never in a
 //! production binary.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,77 @@ use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+/// When each simulated batch started and ended, and its size: where a run's time went.
+#[derive(Default)]
+pub struct Timeline {
+    batches: Mutex<Vec<(Instant, Instant, usize)>>,
+}
+
+impl Timeline {
+    fn record(&self, started: Instant, images: usize) {
+        self.batches.lock().unwrap().push((started, Instant::now(), images));
+    }
+
+    /// Where the time of a run that began at `began` and ended (job complete) at `ended` went.
+    pub fn summary(&self, began: Instant, ended: Instant, batch: usize) -> RunSummary {
+        let mut batches = self.batches.lock().unwrap().clone();
+        if let Ok(path) = std::env::var("IMGFLEET_BENCH_TIMELINE") {
+            let lines: Vec<String> = batches
+                .iter()
+                .map(|b| format!("{:.3},{:.3},{}", b.0.duration_since(began).as_secs_f64(), b.1.duration_since(began).as_secs_f64(), b.2))
+                .collect();
+            let _ = std::fs::write(format!("{path}.{}.csv", lines.len()), lines.join("\n"));
+        }
+        batches.sort_by_key(|b| b.1);
+        let images: usize = batches.iter().map(|b| b.2).sum();
+        let first_start = batches.iter().map(|b| b.0).min().unwrap_or(began);
+        let last_end = batches.last().map_or(ended, |b| b.1);
+        // The steady part: from the batch that takes the count past 10 % to the one past 90 %.
+        let at_share = |share: f64| {
+            let mut done = 0;
+            for b in &batches {
+                done += b.2;
+                if done as f64 >= share * images as f64 {
+                    return (b.1, done);
+                }
+            }
+            (last_end, images)
+        };
+        let (t10, n10) = at_share(0.1);
+        let (t90, n90) = at_share(0.9);
+        let steady_secs = t90.duration_since(t10).as_secs_f64();
+        RunSummary {
+            start_secs: first_start.duration_since(began).as_secs_f64(),
+            tail_secs: ended.duration_since(last_end).as_secs_f64(),
+            steady_rate: if steady_secs > 0.0 { (n90 - n10) as f64 / steady_secs } else { 0.0 },
+            fill: images as f64 / (batches.len().max(1) * batch) as f64,
+        }
+    }
+}
+
+/// Where a run's time went (see [`Timeline::summary`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RunSummary {
+    /// From the ingest request to the first batch a worker starts (scan, first images prepared).
+    pub start_secs: f64,
+    /// From the last batch's end to the job's completion (publish, index, settle).
+    pub tail_secs: f64,
+    /// Images/s between the 10th and the 90th percent of the images.
+    pub steady_rate: f64,
+    /// Images per batch over the batch size, over the whole run.
+    pub fill: f64,
+}
+
 /// An encoder that takes `latency` per call and computes nothing: a GPU whose batch costs the
 /// same whatever its size (up to `batch`), as a GPU's nearly does.
 pub struct SimulatedEncoder {
     latency: Duration,
     capabilities: Capabilities,
+    timeline: Arc<Timeline>,
 }
 
 impl SimulatedEncoder {
-    pub fn new(latency: Duration, batch: usize, dim: usize) -> Self {
+    pub fn new(latency: Duration, batch: usize, dim: usize, timeline: Arc<Timeline>) -> Self {
         let capabilities = Capabilities {
             safe_clip_batch: batch,
             safe_blip_batch: batch,
@@ -35,7 +97,7 @@ impl SimulatedEncoder {
             clip_model: "simulated".into(),
             blip_model: Some("simulated".into()),
         };
-        Self { latency, capabilities }
+        Self { latency, capabilities, timeline }
     }
 
     fn unit(&self, seed: u8) -> Vec<f32> {
@@ -50,7 +112,9 @@ impl SimulatedEncoder {
 impl Encoder for SimulatedEncoder {
     async fn embed_images(&self, images: Vec<RgbImage>) -> Result<Vec<Vec<f32>>, EncoderError> {
         // The whole batch's latency is paid here; captions of the same batch come free.
+        let started = Instant::now();
         tokio::time::sleep(self.latency).await;
+        self.timeline.record(started, images.len());
         Ok(images.iter().map(|i| self.unit(i.data.get(i.data.len() / 2).copied().unwrap_or(0))).collect())
     }
 
@@ -114,6 +178,7 @@ pub struct Workers {
     tasks: Vec<JoinHandle<()>>,
     pub prepared_bytes: Arc<AtomicU64>,
     pub prepared_messages: Arc<AtomicU64>,
+    pub timeline: Arc<Timeline>,
 }
 
 impl Workers {
@@ -123,6 +188,7 @@ impl Workers {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let prepared_bytes = Arc::new(AtomicU64::new(0));
         let prepared_messages = Arc::new(AtomicU64::new(0));
+        let timeline = Arc::new(Timeline::default());
         let mut tasks = Vec::new();
         for n in 0..count {
             let mut config = NatsQueueConfig::new(fleet.nats.url());
@@ -137,14 +203,14 @@ impl Workers {
                 prepared_messages: prepared_messages.clone(),
             });
             let state: Arc<dyn StateStore> = Arc::new(RedisStateStore::connect(&fleet.redis.url(), "imgfleet").await?);
-            let encoder: Arc<dyn Encoder> = Arc::new(SimulatedEncoder::new(simulation.latency, simulation.batch, simulation.dim));
+            let encoder: Arc<dyn Encoder> = Arc::new(SimulatedEncoder::new(simulation.latency, simulation.batch, simulation.dim, timeline.clone()));
             let stage = EncoderStage::new(queue, state, encoder, EncoderStageConfig::default());
             let announcer = stage.announcer(format!("sim-{run}-{n}"));
             tasks.push(tokio::spawn(imgfleet_shared::adapters::nats_workers::announce(client, announcer, stopped.clone())));
             let stopped = stopped.clone();
             tasks.push(tokio::spawn(async move { stage.run(stopped).await }));
         }
-        Ok(Self { stop, tasks, prepared_bytes, prepared_messages })
+        Ok(Self { stop, tasks, prepared_bytes, prepared_messages, timeline })
     }
 
     pub async fn stop(self) {
