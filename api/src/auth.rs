@@ -5,7 +5,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use imgfleet_shared::http::Scope;
+use imgfleet_http::Scope;
 
 use crate::state::AppState;
 

@@ -4,8 +4,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use imgfleet_shared::http::auth::{ApiKeys, KeyConfigError, check_exposure};
-use imgfleet_shared::http::ServerLimits;
+use imgfleet_core::secret::Secret;
+use imgfleet_http::auth::{ApiKeys, KeyConfigError, check_exposure};
+use imgfleet_http::ServerLimits;
 
 /// The flag keys are given with, as error messages name it.
 pub const API_KEY_FLAG: &str = "--api-key (IMGFLEET_API_KEYS)";
@@ -33,7 +34,7 @@ pub struct ApiConfig {
     /// the variable) for several. None: the API is open, which only a loopback --host allows
     /// unless --allow-unauthenticated.
     #[arg(long = "api-key", env = "IMGFLEET_API_KEYS", value_delimiter = ',')]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secret>,
 
     /// Serve without API keys on a non-loopback --host (something in front checks callers).
     #[arg(long, env = "IMGFLEET_ALLOW_UNAUTHENTICATED")]
@@ -51,12 +52,12 @@ pub struct ApiConfig {
 
     /// The embedded vector store stops writing (answers 507, the pipeline waits) while the disk
     /// under --data-dir has less free space than this: `512MiB`, `2GiB`, or bytes.
-    #[arg(long, env = "IMGFLEET_MIN_FREE_DISK", default_value = "256MiB", value_parser = imgfleet_shared::config::parse_bytes)]
+    #[arg(long, env = "IMGFLEET_MIN_FREE_DISK", default_value = "256MiB", value_parser = imgfleet_core::units::parse_bytes)]
     pub min_free_disk: u64,
 
     /// How long finished jobs (and their per-file records and logs) are kept: a number with a
     /// unit, `s`, `m`, `h` or `d` (e.g. `12h`, `30d`).
-    #[arg(long, env = "IMGFLEET_JOB_RETENTION", default_value = "7d", value_parser = imgfleet_shared::config::parse_duration)]
+    #[arg(long, env = "IMGFLEET_JOB_RETENTION", default_value = "7d", value_parser = imgfleet_core::units::parse_duration)]
     pub job_retention: std::time::Duration,
 
     /// Log JSON lines instead of text.
@@ -69,8 +70,8 @@ pub struct ApiConfig {
 
 impl ApiConfig {
     /// Options of the embedded vector store under `--data-dir`.
-    pub fn edge_store_options(&self) -> imgfleet_shared::adapters::EdgeStoreOptions {
-        imgfleet_shared::adapters::EdgeStoreOptions { min_free_bytes: self.min_free_disk, ..Default::default() }
+    pub fn edge_store_options(&self) -> imgfleet_embedded::EdgeStoreOptions {
+        imgfleet_embedded::EdgeStoreOptions { min_free_bytes: self.min_free_disk, ..Default::default() }
     }
 
     /// The ingest roots, or the current directory when none is given.
@@ -81,16 +82,8 @@ impl ApiConfig {
     /// The API keys, checked: none empty, and none missing on an address other machines reach
     /// (unless --allow-unauthenticated).
     pub fn access_keys(&self) -> Result<ApiKeys, KeyConfigError> {
-        let keys = ApiKeys::parse(&self.api_keys, API_KEY_FLAG)?;
+        let keys = ApiKeys::parse(self.api_keys.iter().map(Secret::expose), API_KEY_FLAG)?;
         check_exposure(self.host, &keys, self.allow_unauthenticated, API_KEY_FLAG)?;
         Ok(keys)
-    }
-
-    /// The configuration as logged at start: secrets replaced by their count.
-    pub fn redacted(&self) -> String {
-        let mut shown = self.clone();
-        let keys = shown.api_keys.len();
-        shown.api_keys = Vec::new();
-        format!("{shown:?}").replace("api_keys: []", &format!("api_keys: <{keys} hidden>"))
     }
 }

@@ -4,9 +4,9 @@
 //! statuses every operation shares (bad JSON, bodies over the limit, missing keys, timeouts),
 //! and which key scope each operation needs.
 
-use imgfleet_shared::domain::{COLLECTION_NAME_PATTERN, DISTANCE_PATTERN, MAX_VECTOR_SIZE};
-use imgfleet_shared::filter::{FIELDS, FieldType, MAX_ANY_VALUES, MAX_FILTER_DEPTH, MAX_FILTER_LIST, MAX_FILTER_STRING};
-use imgfleet_shared::ports::encoder::MAX_TEXT_CHARS;
+use imgfleet_core::domain::{COLLECTION_NAME_PATTERN, DISTANCE_PATTERN, MAX_VECTOR_SIZE};
+use imgfleet_core::filter::{FIELDS, FieldType, MAX_ANY_VALUES, MAX_FILTER_DEPTH, MAX_FILTER_LIST, MAX_FILTER_STRING};
+use imgfleet_core::ports::encoder::MAX_TEXT_CHARS;
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi as _;
 
@@ -299,7 +299,7 @@ fn add_shared_responses(doc: &mut Value, keys: bool) {
                 let scoped = format!("{description}\n\nNeeds a key with scope `{scope}` (or higher).").trim().to_owned();
                 operation.insert("description".into(), Value::String(scoped));
             }
-            if api && required_scope(&http_method, path) >= imgfleet_shared::http::Scope::Write {
+            if api && required_scope(&http_method, path) >= imgfleet_http::Scope::Write {
                 add.push((507, "a store's disk is full: reads still work, writes again once space is made"));
             }
             if api || path == "/readyz" {

@@ -4,9 +4,8 @@ pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod contract;
-pub mod indexer;
-/// Re-exported from `imgfleet_shared::http`, shared with the ML API.
-pub use imgfleet_shared::http::{error, extract};
+/// Re-exported from `imgfleet_http`, shared with the ML API.
+pub use imgfleet_http::{error, extract};
 pub mod metrics;
 pub mod originals;
 pub mod routes;
@@ -20,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::IntoResponse;
-use imgfleet_shared::http::ServerLimits;
+use imgfleet_http::ServerLimits;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -45,7 +44,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(routes::docs::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(imgfleet_shared::http::json_errors))
+        .layer(middleware::from_fn(imgfleet_http::json_errors))
         .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
@@ -78,11 +77,11 @@ pub async fn serve_with(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    imgfleet_shared::http::server::serve(listener, router, limits, shutdown).await
+    imgfleet_http::server::serve(listener, router, limits, shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM; the handlers are installed by this call (see
-/// [`imgfleet_shared::http::ops::shutdown_signal`]).
+/// [`imgfleet_http::ops::shutdown_signal`]).
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    imgfleet_shared::http::ops::shutdown_signal()
+    imgfleet_http::ops::shutdown_signal()
 }

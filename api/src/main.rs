@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use imgfleet_api::indexer::{Indexer, IndexerConfig};
 use imgfleet_api::thumbnails::CpuThumbnailer;
 use imgfleet_api::{ApiConfig, AppState, AppStateParts};
-use imgfleet_shared::adapters::{EdgeVectorStore, NatsEncoder};
-use imgfleet_shared::config::{FleetArgs, ModelArgs, model_geometry};
-use imgfleet_shared::domain::{Capabilities, CollectionName};
-use imgfleet_shared::http::ops;
-use imgfleet_shared::ports::{Encoder, StateStore, VectorStore, WorkQueue};
+use imgfleet_core::domain::{Capabilities, CollectionName};
+use imgfleet_core::ports::{Encoder, VectorStore};
+use imgfleet_embedded::EdgeVectorStore;
+use imgfleet_fleet::connect::FleetArgs;
+use imgfleet_fleet::{FleetProcess, NatsEncoder};
+use imgfleet_indexer::{IndexConfig, IndexStage};
+use imgfleet_models::{ModelArgs, model_geometry};
 use tracing::{info, warn};
 
 const NAME: &str = "imgfleet-api";
@@ -44,8 +45,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    imgfleet_shared::telemetry::init(cli.api.log_json);
-    info!(api = %cli.api.redacted(), fleet = ?cli.fleet, models = ?cli.models, encoder_timeout_ms = cli.encoder_timeout_ms, no_indexer = cli.no_indexer, "starting {NAME}");
+    imgfleet_core::telemetry::init(cli.api.log_json);
+    info!(api = ?cli.api, fleet = ?cli.fleet, models = ?cli.models, encoder_timeout_ms = cli.encoder_timeout_ms, no_indexer = cli.no_indexer, "starting {NAME}");
     cli.fleet.require_nats(NAME)?;
     cli.fleet.require_redis(NAME)?;
     let api_keys = cli.api.access_keys()?;
@@ -54,9 +55,8 @@ async fn main() -> anyhow::Result<()> {
     let geometry = model_geometry(&cli.models).await.context("reading the CLIP model's config")?;
     let ingest_roots = cli.api.ingest_roots_or_cwd().context("reading the current directory")?;
 
-    let queue = cli.fleet.connect_queue(NAME).await?;
-    let state: Arc<dyn StateStore> = cli.fleet.connect_state(NAME).await?;
-    imgfleet_shared::config::account_given_up(&queue, state.clone());
+    let mut process = FleetProcess::connect(NAME, &cli.fleet).await?;
+    let state = process.state();
     let (vectors, embedded): (Arc<dyn VectorStore>, bool) = match cli.fleet.connect_qdrant().await? {
         Some(qdrant) => (qdrant, false),
         None => (
@@ -72,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         clip_model: cli.models.clip_model.clone(),
         blip_model: cli.models.captioner().map(str::to_owned),
     };
-    let encoder = Arc::new(NatsEncoder::new(queue.client(), Duration::from_millis(cli.encoder_timeout_ms.max(1)), fallback));
+    let encoder = Arc::new(NatsEncoder::new(process.nats().client(), Duration::from_millis(cli.encoder_timeout_ms.max(1)), fallback));
     match tokio::time::timeout(Duration::from_secs(3), encoder.refresh_capabilities()).await {
         Ok(Ok(capabilities)) if capabilities.embedding_dim != geometry.embedding_dim => warn!(
             worker = capabilities.embedding_dim,
@@ -84,11 +84,10 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => info!("no encoder worker answered within 3 s; text and image search answer 503 until one does"),
     }
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let workers = imgfleet_shared::adapters::nats_workers::follow(&queue.client(), stop.clone())
+    let workers = imgfleet_fleet::nats_workers::follow(&process.nats().client(), process.stop_signal())
         .await
         .context("subscribing to the workers' heartbeats")?;
-    let work_queue: Arc<dyn WorkQueue> = queue.clone();
+    let work_queue = process.queue();
     let encoder_port: Arc<dyn Encoder> = encoder;
     let app = AppState::new(AppStateParts {
         vectors: vectors.clone(),
@@ -99,35 +98,24 @@ async fn main() -> anyhow::Result<()> {
         queue: Some(work_queue.clone()),
         encoder: Some(encoder_port),
         ingest_roots,
-        thumbnailer: Some(Arc::new(CpuThumbnailer::new(&imgfleet_worker_cpu::CpuStageConfig::default()))),
+        thumbnailer: Some(Arc::new(CpuThumbnailer::default())),
         workers: Some(workers),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     info!(roots = ?app.ingest_roots, embedded_store = embedded, "ingest roots");
 
-    let mut tasks = Vec::new();
     if embedded || !cli.no_indexer {
         if embedded && cli.no_indexer {
             warn!("--no-indexer ignored: the embedded vector store can only be written by this process");
         }
-        let indexer = Indexer::new(
-            work_queue.clone(),
-            state.clone(),
-            vectors.clone(),
-            IndexerConfig { max_deliver: cli.fleet.max_deliver, ..IndexerConfig::default() },
-        );
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { indexer.run(stop).await }));
+        let config = IndexConfig { max_deliver: cli.fleet.max_deliver, ..IndexConfig::default() };
+        process.spawn_stage(IndexStage::new(work_queue.clone(), state.clone(), vectors.clone(), config));
     }
-    tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(5), stop.clone())));
-    tasks.push(tokio::spawn(imgfleet_shared::job_status::maintain_jobs(state.clone(), Duration::from_secs(5), cli.api.job_retention, stop.clone())));
+    process.spawn(imgfleet_core::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(5), process.stop_signal()));
+    process.spawn(imgfleet_core::job_status::maintain_jobs(state.clone(), Duration::from_secs(5), cli.api.job_retention, process.stop_signal()));
 
     let router = imgfleet_api::router(app.clone(), cli.api.max_body_bytes);
-    ops::serve(NAME, cli.api.host, cli.api.port, router, cli.api.limits, ops::shutdown_signal()).await?;
-    info!("http stopped; letting the indexer finish its batch");
-    let _ = stop_tx.send(true);
-    ops::join_stages(tasks, STOP_GRACE).await;
-    info!("stopped");
+    process.serve(cli.api.host, cli.api.port, router, cli.api.limits, STOP_GRACE).await?;
     Ok(())
 }

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance};
-use imgfleet_shared::http::ApiKeys;
-use imgfleet_shared::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
-use imgfleet_shared::workers::WorkerRegistry;
+use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance};
+use imgfleet_http::ApiKeys;
+use imgfleet_core::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
+use imgfleet_core::workers::WorkerRegistry;
 
 use crate::admission::{FsGate, Slots};
 use crate::error::{AppError, AppResult};

@@ -1,9 +1,8 @@
 //! Thumbnails of original files (`GET /images/{id}/thumbnail`), by the CPU stage's decoder
-//! (size limits, EXIF orientation). The CPU worker crate has no libtorch in it: the API links
-//! it for this alone.
+//! (size limits, EXIF orientation) from `imgfleet-imaging`.
 
-use imgfleet_worker_cpu::CpuStageConfig;
-use imgfleet_worker_cpu::decode::DecodeLimits;
+use imgfleet_imaging::decode::DecodeLimits;
+use imgfleet_imaging::hash::DEFAULT_MAX_FILE_BYTES;
 
 use crate::state::Thumbnailer;
 
@@ -13,15 +12,22 @@ pub struct CpuThumbnailer {
 }
 
 impl CpuThumbnailer {
-    /// With the CPU stage's size limits.
-    pub fn new(config: &CpuStageConfig) -> Self {
-        Self { limits: config.prepare_options().limits, max_file_bytes: config.max_file_bytes }
+    /// Within these limits (the CPU stage's, where one process runs both).
+    pub fn new(limits: DecodeLimits, max_file_bytes: u64) -> Self {
+        Self { limits, max_file_bytes }
+    }
+}
+
+impl Default for CpuThumbnailer {
+    /// The CPU stage's default limits.
+    fn default() -> Self {
+        Self::new(DecodeLimits::default(), DEFAULT_MAX_FILE_BYTES)
     }
 }
 
 impl Thumbnailer for CpuThumbnailer {
     fn render(&self, bytes: &[u8], max_side: u32) -> Result<Vec<u8>, String> {
-        imgfleet_worker_cpu::thumbnail::render_bytes(bytes, max_side, self.limits).map(|t| t.jpeg).map_err(|e| e.to_string())
+        imgfleet_imaging::thumbnail::render_bytes(bytes, max_side, self.limits).map(|t| t.jpeg).map_err(|e| e.to_string())
     }
 
     fn max_file_bytes(&self) -> u64 {

@@ -12,21 +12,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use imgfleet_api::indexer::{Indexer, IndexerConfig};
-use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
-use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance, JobRecord, JobStatus};
-use imgfleet_shared::messages::{self, ScanRequest};
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Encoder, StateStore, VectorStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_indexer::{IndexStage, IndexConfig};
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance, JobRecord, JobStatus};
+use imgfleet_core::messages::{self, ScanRequest};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{Encoder, StateStore, VectorStore, WorkQueue};
 use imgfleet_worker_cpu::corpus::{self, CorpusSpec};
-use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner, SymlinkPolicy};
+use imgfleet_worker_cpu::{PrepareStage, CpuStageConfig, ScanStage, SymlinkPolicy};
 use imgfleet_worker_gpu::precision::{Dtype, kind_name};
 use imgfleet_worker_gpu::runtime::{TchEncoder, parse_device};
-use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
+use imgfleet_worker_gpu::encode::{EncodeStage, EncodeConfig};
 use tokio::sync::watch;
 
 use crate::serve::{Embedded, EncoderArgs, ServeConfig, load_encoder};
-use imgfleet_shared::config::ModelArgs;
+use imgfleet_models::ModelArgs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ModelSet {
@@ -241,14 +242,14 @@ async fn cpu_alone(dir: &Path, photos: &Path, encoder: &TchEncoder, images: usiz
         max_prepared_waiting: imgfleet_worker_cpu::PreparedLimit::Unlimited,
         ..CpuStageConfig::default()
     };
-    let cpu = CpuStage::new(queue.clone(), state.clone(), config)?;
-    let scanner = Scanner::new(queue.clone(), state.clone(), SymlinkPolicy::InsideRoot);
+    let cpu = PrepareStage::new(queue.clone(), state.clone(), config)?;
+    let scanner = ScanStage::new(queue.clone(), state.clone(), SymlinkPolicy::InsideRoot).with_fetch_wait(Duration::from_millis(100));
     let (stop_tx, stop) = watch::channel(false);
     let request = ScanRequest::new(JOB.into(), COLLECTION.into(), photos.display().to_string());
     let start = Instant::now();
     queue.publish(Stream::Scan, JOB, messages::encode(&request)).await?;
     let (s1, s2) = (stop.clone(), stop);
-    let scan_task = tokio::spawn(async move { scanner.run(s1, Duration::from_millis(100)).await });
+    let scan_task = tokio::spawn(async move { scanner.run(s1).await });
     let cpu_task = tokio::spawn(async move { cpu.run(s2).await });
     wait_pending(&queue, Stream::Prepared, images).await?;
     let rate = images as f64 / start.elapsed().as_secs_f64();
@@ -266,7 +267,7 @@ async fn encoder_alone(dir: &Path, encoder: Arc<TchEncoder>, prepared: Vec<Vec<u
     for (i, payload) in prepared.into_iter().enumerate() {
         queue.publish(Stream::Prepared, &format!("p{i}"), payload).await?;
     }
-    let stage = EncoderStage::new(queue.clone(), state, encoder, EncoderStageConfig::default());
+    let stage = EncodeStage::new(queue.clone(), state, encoder, EncodeConfig::default());
     let (stop_tx, stop) = watch::channel(false);
     let start = Instant::now();
     let task = tokio::spawn(async move { stage.run(stop).await });
@@ -288,7 +289,7 @@ async fn indexer_alone(dir: &Path, encoded: Vec<Vec<u8>>, images: usize, dim: us
     for (i, payload) in encoded.into_iter().enumerate() {
         queue.publish(Stream::Encoded, &format!("e{i}"), payload).await?;
     }
-    let indexer = Indexer::new(queue.clone(), state.clone(), vectors, IndexerConfig::default());
+    let indexer = IndexStage::new(queue.clone(), state.clone(), vectors, IndexConfig::default());
     let (stop_tx, stop) = watch::channel(false);
     let start = Instant::now();
     let task = tokio::spawn(async move { indexer.run(stop).await });

@@ -71,7 +71,7 @@ async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(config) => {
-            imgfleet_shared::telemetry::init(config.api.log_json);
+            imgfleet_core::telemetry::init(config.api.log_json);
             serve::run(config).await
         }
         Command::Ingest(args) => std::process::exit(client::exit_code(client::run_ingest(args).await)),
@@ -96,7 +96,7 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(Bench::Pipeline(args)) => {
-            imgfleet_shared::telemetry::init(false);
+            imgfleet_core::telemetry::init(false);
             print!("{}", bench_pipeline::run(&args).await?);
             Ok(())
         }

@@ -1,4 +1,4 @@
-//! `imgfleet serve`: the whole system in one process (DESIGN.md, embedded column): the API,
+//! `imgfleet serve`: the whole system in one process (the embedded column of the architecture): the API,
 //! an in-process queue, the state file and qdrant-edge under `--data-dir`, the scanner, a CPU
 //! stage sized to the cores, the encoder stage on the tch models, and the indexer.
 
@@ -7,21 +7,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use imgfleet_api::indexer::{Indexer, IndexerConfig};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_indexer::{IndexStage, IndexConfig};
 use imgfleet_api::thumbnails::CpuThumbnailer;
 use imgfleet_api::{ApiConfig, AppState, AppStateParts};
-use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
-use imgfleet_shared::config::ModelArgs;
-use imgfleet_shared::domain::CollectionName;
-use imgfleet_shared::messages::{self, FileTask, ScanRequest};
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
-use imgfleet_shared::workers::WorkerRegistry;
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_models::ModelArgs;
+use imgfleet_core::domain::CollectionName;
+use imgfleet_core::messages::{self, FileTask, ScanRequest};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{Encoder, StateStore, WorkQueue};
+use imgfleet_core::workers::WorkerRegistry;
 use imgfleet_worker_cpu::scan::file_task_id;
-use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, Scanner};
+use imgfleet_worker_cpu::{PrepareStage, CpuStageConfig, ScanStage};
 use imgfleet_worker_gpu::precision::Dtype;
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder, parse_device};
-use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
+use imgfleet_worker_gpu::encode::{EncodeStage, EncodeConfig};
 use tokio::sync::watch;
 use tracing::info;
 
@@ -106,7 +107,7 @@ impl Embedded {
         let encoder: Arc<dyn Encoder> = encoder;
         let capabilities = encoder.capabilities();
 
-        let encoder_config = EncoderStageConfig { max_deliver: EMBEDDED_MAX_DELIVER, ..EncoderStageConfig::default() };
+        let encoder_config = EncodeConfig { max_deliver: EMBEDDED_MAX_DELIVER, ..EncodeConfig::default() };
         let queue = Arc::new(MemoryQueue::with_capacities(
             MemoryQueueConfig {
                 ack_wait: EMBEDDED_ACK_WAIT,
@@ -122,7 +123,7 @@ impl Embedded {
         let work_queue: Arc<dyn WorkQueue> = queue.clone();
         let state_store: Arc<dyn StateStore> = state.clone();
         // A message no stage could settle in its deliveries still settles its file (as failed).
-        queue.on_given_up(imgfleet_shared::job_status::given_up_hook(state_store.clone()));
+        queue.on_given_up(imgfleet_core::job_status::given_up_hook(state_store.clone()));
 
         let mut cpu_config = config.cpu.clone();
         cpu_config.clip_size = clip_size;
@@ -132,17 +133,17 @@ impl Embedded {
         }
         // `GET /api/v1/workers` lists the in-process encoder, heartbeats and all, as a fleet's.
         let workers = WorkerRegistry::new();
-        let cpu = CpuStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone())
+        let cpu = PrepareStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone())
             .context("CPU stage settings")?
             .following(workers.clone());
-        let scanner = Scanner::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks);
-        let encoder_stage = EncoderStage::new(work_queue.clone(), state_store.clone(), ingest, encoder_config);
+        let scanner = ScanStage::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks);
+        let encoder_stage = EncodeStage::new(work_queue.clone(), state_store.clone(), ingest, encoder_config);
         let announcer = encoder_stage.announcer("embedded".into());
-        let indexer = Indexer::new(
+        let indexer = IndexStage::new(
             work_queue.clone(),
             state_store.clone(),
             vectors.clone(),
-            IndexerConfig { max_deliver: EMBEDDED_MAX_DELIVER, ..IndexerConfig::default() },
+            IndexConfig { max_deliver: EMBEDDED_MAX_DELIVER, ..IndexConfig::default() },
         );
         info!(
             cpu_concurrency = cpu_config.effective_concurrency(),
@@ -163,7 +164,7 @@ impl Embedded {
             queue: Some(work_queue.clone()),
             encoder: Some(encoder.clone()),
             ingest_roots,
-            thumbnailer: Some(Arc::new(CpuThumbnailer::new(&cpu_config))),
+            thumbnailer: Some(Arc::new(CpuThumbnailer::new(cpu_config.prepare_options().limits, cpu_config.max_file_bytes))),
             workers: Some(workers.clone()),
         })
         .await
@@ -174,7 +175,7 @@ impl Embedded {
         let mut tasks = Vec::new();
         {
             let stop = stop.clone();
-            tasks.push(tokio::spawn(async move { scanner.run(stop, Duration::from_secs(1)).await }));
+            tasks.push(tokio::spawn(async move { scanner.run(stop).await }));
         }
         {
             let stop = stop.clone();
@@ -195,8 +196,8 @@ impl Embedded {
             },
             stop.clone(),
         )));
-        tasks.push(tokio::spawn(imgfleet_shared::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
-        tasks.push(tokio::spawn(imgfleet_shared::job_status::maintain_jobs(
+        tasks.push(tokio::spawn(imgfleet_core::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
+        tasks.push(tokio::spawn(imgfleet_core::job_status::maintain_jobs(
             state_store.clone(),
             Duration::from_secs(5),
             api.job_retention,
@@ -222,7 +223,7 @@ impl Embedded {
         let _ = self.shutdown.send(true);
         // A stage still waiting after the grace period (for room in a queue whose consumer has
         // already stopped) is stopped: its job resumes from the state file at the next start.
-        imgfleet_shared::http::ops::join_stages(self.tasks, STOP_GRACE).await;
+        imgfleet_http::ops::join_stages(self.tasks, STOP_GRACE).await;
     }
 }
 
@@ -263,7 +264,7 @@ async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::R
             queue.publish(Stream::Files, &file_task_id(&job.job_id, &path), messages::encode(&task)).await?;
         }
         if job.scan_complete {
-            imgfleet_shared::job_status::complete_if_done(state, &job.job_id).await?;
+            imgfleet_core::job_status::complete_if_done(state, &job.job_id).await?;
         } else {
             let mut request = ScanRequest::new(job.job_id.clone(), job.collection.clone(), job.directory_path.clone());
             request.only_new = true;
@@ -275,7 +276,7 @@ async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::R
 
 /// Runs `imgfleet serve` until SIGINT or SIGTERM.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
-    info!(api = %config.api.redacted(), models = ?config.models, "starting imgfleet serve");
+    info!(api = ?config.api, models = ?config.models, "starting imgfleet serve");
     // Refuse a bad key or an open non-loopback address before the models load.
     config.api.access_keys()?;
     let embedded = Embedded::start(&config).await?;

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgfleet_api::{AppState, AppStateParts};
-use imgfleet_shared::adapters::{EdgeVectorStore, FileStateStore};
-use imgfleet_shared::domain::CollectionName;
-use imgfleet_shared::ports::{StateStore, VectorStore};
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore};
+use imgfleet_core::domain::CollectionName;
+use imgfleet_core::ports::{StateStore, VectorStore};
 use tokio::sync::oneshot;
 
 /// The API served in this process on a free port, over embedded stores in `data_dir`.
@@ -32,7 +32,7 @@ pub struct ApiOptions {
     pub ingest_roots: Vec<PathBuf>,
     /// Render thumbnails (the CPU stage's decoder, default limits).
     pub thumbnails: bool,
-    pub limits: imgfleet_shared::http::ServerLimits,
+    pub limits: imgfleet_http::ServerLimits,
 }
 
 impl ApiServer {
@@ -48,11 +48,10 @@ impl ApiServer {
         let vectors: Arc<dyn VectorStore> = EdgeVectorStore::open(data_dir).expect("vector store");
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(data_dir).expect("state store"));
         let mut parts = AppStateParts::stores(Arc::clone(&vectors), Arc::clone(&state), CollectionName::parse("images").unwrap(), 4);
-        parts.api_keys = imgfleet_shared::http::ApiKeys::parse(&options.api_keys, "--api-key").expect("valid test keys");
+        parts.api_keys = imgfleet_http::ApiKeys::parse(options.api_keys.iter().map(String::as_str), "--api-key").expect("valid test keys");
         parts.ingest_roots = options.ingest_roots;
         if options.thumbnails {
-            let config = imgfleet_worker_cpu::CpuStageConfig::default();
-            parts.thumbnailer = Some(Arc::new(imgfleet_api::thumbnails::CpuThumbnailer::new(&config)));
+            parts.thumbnailer = Some(Arc::new(imgfleet_api::thumbnails::CpuThumbnailer::default()));
         }
         let app = AppState::new(parts).await.expect("app state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imgfleet_shared::adapters::{NatsQueue, NatsQueueConfig};
-use imgfleet_shared::ports::WorkQueue;
+use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
+use imgfleet_core::ports::WorkQueue;
 use tempfile::TempDir;
 
 use crate::contract::queue::QueueFixture;

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use imgfleet_shared::pixel_codec::PixelCodec;
+use imgfleet_core::pixel_codec::PixelCodec;
 
-use crate::decode::DecodeLimits;
-use crate::prepare::{PrepareOptions, prepared_message_bound};
-use crate::scan::SymlinkPolicy;
+use imgfleet_imaging::decode::DecodeLimits;
+use imgfleet_imaging::prepare::{PrepareOptions, prepared_message_bound};
+use crate::walk::SymlinkPolicy;
 
 /// How many prepared images may wait for the encoders (`--max-prepared-waiting`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl Default for CpuStageConfig {
             batch: 32,
             clip_size: 224,
             blip_size: 384,
-            max_file_bytes: 256 * 1024 * 1024,
+            max_file_bytes: imgfleet_imaging::hash::DEFAULT_MAX_FILE_BYTES,
             max_pixels: 100_000_000,
             max_decode_bytes: 512 * 1024 * 1024,
             claim_ttl_secs: 600,
@@ -224,7 +224,7 @@ impl CpuStageConfig {
 
     /// Delay before the next delivery after a transient error on delivery number `deliveries`.
     pub fn retry_delay(&self, deliveries: u32) -> Duration {
-        imgfleet_shared::ports::retry_backoff(Duration::from_millis(self.retry_base_ms), deliveries)
+        imgfleet_core::ports::retry_backoff(Duration::from_millis(self.retry_base_ms), deliveries)
     }
 }
 

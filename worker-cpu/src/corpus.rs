@@ -193,9 +193,9 @@ mod tests {
         }
         for path in &corpus.broken {
             // As the CPU stage sees them: each fails (`image` alone decodes a truncated JPEG).
-            let prepared = crate::hash::read_and_hash(path, u64::MAX).map_err(|e| e.to_string()).and_then(|file| {
-                let format = crate::prepare::sniff_file(&file).map_err(|e| e.to_string())?;
-                crate::prepare::prepare(path, &file, format, crate::prepare::PrepareOptions::default()).map_err(|e| e.to_string())
+            let prepared = imgfleet_imaging::hash::read_and_hash(path, u64::MAX).map_err(|e| e.to_string()).and_then(|file| {
+                let format = imgfleet_imaging::prepare::sniff_file(&file).map_err(|e| e.to_string())?;
+                imgfleet_imaging::prepare::prepare(path, &file, format, imgfleet_imaging::prepare::PrepareOptions::default()).map_err(|e| e.to_string())
             });
             assert!(prepared.is_err(), "{} prepares", path.display());
         }

@@ -4,15 +4,14 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use imgfleet_shared::config::{FleetArgs, ModelArgs, model_geometry};
-use imgfleet_shared::http::ops;
-use imgfleet_shared::ports::{StateStore, WorkQueue};
-use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, PreparedLimit, Scanner};
+use imgfleet_fleet::FleetProcess;
+use imgfleet_fleet::connect::FleetArgs;
+use imgfleet_models::{ModelArgs, model_geometry};
+use imgfleet_worker_cpu::{CpuStageConfig, PrepareStage, PreparedLimit, ScanStage};
 use tracing::info;
 
 const NAME: &str = "imgfleet-worker-cpu";
@@ -53,7 +52,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
-    imgfleet_shared::telemetry::init(cli.log_json);
+    imgfleet_core::telemetry::init(cli.log_json);
     info!(fleet = ?cli.fleet, models = ?cli.models, cpu = ?cli.cpu, no_scan = cli.no_scan, ingest_roots = ?cli.ingest_roots, "starting {NAME}");
     cli.fleet.require_nats(NAME)?;
     cli.fleet.require_redis(NAME)?;
@@ -68,20 +67,12 @@ async fn main() -> anyhow::Result<()> {
     if cli.cpu.max_prepared_waiting == PreparedLimit::Unlimited {
         tracing::warn!("--max-prepared-waiting 0: prepared images may pile up in the queue and outlive their dedup claims");
     }
-    let nats = cli.fleet.connect_queue(NAME).await?;
-    let state: Arc<dyn StateStore> = cli.fleet.connect_state(NAME).await?;
-    imgfleet_shared::config::account_given_up(&nats, state.clone());
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let encoders = imgfleet_shared::adapters::nats_workers::follow(&nats.client(), stop.clone())
+    let mut process = FleetProcess::connect(NAME, &cli.fleet).await?;
+    let encoders = imgfleet_fleet::nats_workers::follow(&process.nats().client(), process.stop_signal())
         .await
         .context("subscribing to the encoder workers' heartbeats")?;
-    let mut tasks = vec![tokio::spawn(imgfleet_shared::adapters::nats_workers::follow_in_flight_limit(
-        nats.clone(),
-        encoders.clone(),
-        stop.clone(),
-    ))];
-    let queue: Arc<dyn WorkQueue> = nats;
-    let stage = CpuStage::new(queue.clone(), state.clone(), cli.cpu.clone()).context("CPU stage settings")?.following(encoders);
+    process.spawn(imgfleet_fleet::nats_workers::follow_in_flight_limit(process.nats().clone(), encoders.clone(), process.stop_signal()));
+    let stage = PrepareStage::new(process.queue(), process.state(), cli.cpu.clone()).context("CPU stage settings")?.following(encoders);
     info!(
         owner = stage.owner(),
         concurrency = cli.cpu.effective_concurrency(),
@@ -89,22 +80,14 @@ async fn main() -> anyhow::Result<()> {
         blip_size = cli.cpu.blip_size,
         "ready"
     );
-
     if !cli.no_scan {
-        let scanner = Scanner::new(queue.clone(), state.clone(), cli.cpu.symlinks)
+        let scanner = ScanStage::new(process.queue(), process.state(), cli.cpu.symlinks)
             .with_ingest_roots(&cli.ingest_roots)
             .context("--ingest-root")?;
         info!(roots = ?cli.ingest_roots, "scanning only inside the ingest roots");
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { scanner.run(stop, Duration::from_secs(1)).await }));
+        process.spawn_stage(scanner);
     }
-    {
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { stage.run(stop).await }));
-    }
-    ops::serve(NAME, cli.host, cli.port, ops::standalone(NAME), Default::default(), ops::shutdown_signal()).await?;
-    let _ = stop_tx.send(true);
-    ops::join_stages(tasks, STOP_GRACE).await;
-    info!("stopped");
+    process.spawn_stage(stage);
+    process.serve_ops(cli.host, cli.port, STOP_GRACE).await?;
     Ok(())
 }

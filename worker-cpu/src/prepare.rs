@@ -1,148 +1,334 @@
-//! The CPU work for one file, synchronous and free of I/O beyond the read: sniff, decode with
-//! limits, EXIF orientation and metadata, resize to both model inputs. The stage runs it off
-//! the async runtime; the benchmark runs it on plain threads.
+//! The prepare stage: consumes `Stream::Files`, and for each file task reads + hashes the file,
+//! claims its content in the dedup store, and either publishes one `PreparedImage` on
+//! `Stream::Prepared`, or records a duplicate, or records a failure with its reason.
+//!
+//! Dedup (per collection): `claim` with a TTL before decoding. The claim belongs to the task
+//! (job + file), not to this worker: when a worker dies, its tasks come back after the queue's
+//! ack wait to any worker, which takes the task's claim back at once, whatever either is
+//! called. `Acquired`: prepare and publish under the claim's token (the attempt); the indexer
+//! marks the entry done once the vector is stored, so a crash anywhere before that never loses
+//! the image, and the point id derives from the sha256 (nothing stored twice). `Done`: a duplicate; its path goes to the indexer as a
+//! `DuplicatePath` on `Stream::Encoded`. `HeldByOther`: the same content is being prepared right
+//! now (two copies in one job): retried after a delay, by then it is done (a duplicate) or its
+//! claim has expired (taken over); after `held_retries` delayed retries the task is published
+//! again under a new id, so however long the wait, it never reaches the queue's `max_deliver`.
+//!
+//! An image is counted as processed by the indexer once its vector is stored, a duplicate by
+//! the indexer once its path is on the stored image; this stage counts failures. Tasks of a job
+//! that has ended (cancelled, or failed because its collection was deleted) are acked
+//! unprocessed.
+//!
+//! Every delivery is settled: ack once the outcome is recorded or the output published, retry
+//! after a delay on a transient error (queue or state store), terminate an undecodable message.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use imgfleet_shared::domain::{ImagePayload, now_rfc3339};
+use async_trait::async_trait;
+use futures::StreamExt;
+use imgfleet_core::domain::{ItemOutcome, SCHEMA_VERSION};
+use imgfleet_core::job_status::{JobStatusCache, complete_if_done};
+use imgfleet_core::metrics::PIPELINE;
+use imgfleet_core::messages::{self, DuplicatePath, FileTask, PreparedImage};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{Claim, Delivery, QueueError, Settle, StateStore, WorkQueue, publish_attempt};
+use imgfleet_core::stage::{Stage, StageError, Stop, wait_out};
+use imgfleet_core::workers::WorkerRegistry;
+use tracing::{debug, info, warn};
 
-use crate::decode::{self, DecodeLimits};
-use crate::failure::{FailureKind, FileFailure};
-use crate::hash::ReadFile;
-use crate::metadata::read_exif;
-use crate::resize::{blip_input, clip_input};
-use crate::sniff::{SniffedFormat, sniff};
+use crate::config::{ConfigError, CpuStageConfig};
+use imgfleet_imaging::failure::{FailureKind, FileFailure};
+use imgfleet_imaging::hash::{read_and_hash, sha256_hex};
+use imgfleet_imaging::prepare::{PrepareOptions, prepare, prepared_message_bound, sniff_file};
+use crate::scan::file_task_id;
 
-/// What to make of each image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrepareOptions {
-    /// CLIP input side (shortest side resized to it, then centre-cropped square).
-    pub clip_size: u32,
-    /// BLIP input side (squashed square); 0 = no BLIP pixels (captioning off).
-    pub blip_size: u32,
-    pub limits: DecodeLimits,
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }
 
-impl Default for PrepareOptions {
-    fn default() -> Self {
-        Self { clip_size: 224, blip_size: 384, limits: DecodeLimits::default() }
+/// Message id of the prepared image of `sha256` made under the claim `token`: one per attempt,
+/// so the image prepared again after a release (a cancel, a failure, a cleared cache) is a new
+/// message, never a duplicate of the old one.
+pub fn prepared_id(sha256: &str, token: &str) -> String {
+    format!("prep:{}:{token}", &sha256[..sha256.len().min(16)])
+}
+
+/// Message id of the "extra path" note for `path` in `job_id`, against the done entry `token`
+/// (each job counts its own; a new done entry makes a new note).
+pub fn duplicate_path_id(job_id: &str, path: &str, token: &str) -> String {
+    format!("dup:{job_id}:{}:{token}", &sha256_hex(path.as_bytes())[..32])
+}
+
+/// Claim owner of a task: the job and the file, not the worker, so the task delivered again to
+/// any worker takes its claim back at once; another file with the same content does not.
+pub fn task_owner(job_id: &str, path: &str) -> String {
+    format!("task:{}", &sha256_hex(format!("{job_id}\0{path}").as_bytes())[..24])
+}
+
+/// The prepare stage (see the module docs).
+pub struct PrepareStage {
+    queue: Arc<dyn WorkQueue>,
+    state: Arc<dyn StateStore>,
+    config: CpuStageConfig,
+    options: PrepareOptions,
+    owner: String,
+    concurrency: usize,
+    jobs: JobStatusCache,
+    /// The live encoder workers, whose batches size `--max-prepared-waiting auto`.
+    encoders: Option<Arc<WorkerRegistry>>,
+}
+
+impl PrepareStage {
+    pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, config: CpuStageConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let options = config.prepare_options();
+        let owner = config.effective_worker_id();
+        let concurrency = config.effective_concurrency();
+        Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default(), encoders: None })
+    }
+
+    /// Lets as many prepared images wait as the live encoders in `registry` take (with
+    /// `--max-prepared-waiting auto`).
+    pub fn following(mut self, registry: Arc<WorkerRegistry>) -> Self {
+        self.encoders = Some(registry);
+        self
+    }
+
+    /// How many prepared images may wait now; `None`: no limit.
+    pub fn prepared_limit(&self) -> Option<u64> {
+        self.config.max_prepared_waiting.limit(self.encoders.as_ref().map(|r| r.total_batch()))
+    }
+
+    /// This worker's name, for logs (claims belong to tasks, see [`task_owner`]).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Whether fewer prepared images than [`Self::prepared_limit`] wait for the encoders.
+    async fn encoders_have_room(&self) -> Result<bool, QueueError> {
+        let Some(limit) = self.prepared_limit() else {
+            PREPARED_LIMIT.set(-1);
+            return Ok(true);
+        };
+        PREPARED_LIMIT.set(i64::try_from(limit).unwrap_or(i64::MAX));
+        let depth = self.queue.depth(Stream::Prepared).await?;
+        Ok(depth.pending + depth.in_flight < limit)
+    }
+
+    /// Processes one delivery and settles it, whatever happens. A full disk under the state
+    /// store is waited out (the delivery kept alive), not counted as a failed delivery.
+    pub async fn handle_one(&self, delivery: Delivery) {
+        let settle = match messages::decode::<FileTask>(&delivery.payload) {
+            Err(e) => Settle::Terminate(format!("undecodable file task: {e}")),
+            Ok(task) => loop {
+                match self.process(&task, delivery.deliveries).await {
+                    Ok(settle) => break settle,
+                    Err(e) if e.is_storage_full() => {
+                        wait_out("prepare", std::iter::once(&delivery), &e, &Stop::never()).await;
+                    }
+                    Err(e) => {
+                        let delay = self.config.retry_delay(delivery.deliveries);
+                        warn!(job_id = %task.job_id, path = %task.path, error = %e, delay_ms = delay.as_millis() as u64, "file task will be retried");
+                        break Settle::Retry(delay);
+                    }
+                }
+            },
+        };
+        delivery.settle_or_warn(settle).await;
+    }
+
+    async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, StageError> {
+        if self.jobs.is_ended(self.state.as_ref(), &task.job_id).await? {
+            debug!(job_id = %task.job_id, path = %task.path, "job has ended; file skipped");
+            return Ok(Settle::Ack);
+        }
+        let path = PathBuf::from(&task.path);
+        let max_bytes = self.config.max_file_bytes;
+        let read = blocking(move || {
+            let file = read_and_hash(&path, max_bytes)?;
+            let format = sniff_file(&file)?;
+            Ok((path, file, format))
+        })
+        .await;
+        let (path, file, format) = match read {
+            Ok(read) => read,
+            Err(failure) => return self.fail(task, failure).await,
+        };
+        let sha256 = file.sha256.clone();
+        let owner = task_owner(&task.job_id, &task.path);
+        match self.state.claim(&task.collection, &sha256, &owner, self.config.claim_ttl(), Some(&task.job_id)).await? {
+            Claim::JobEnded => {
+                debug!(job_id = %task.job_id, path = %task.path, "job has ended; file skipped");
+                Ok(Settle::Ack)
+            }
+            Claim::Done { point_id, token } => self.duplicate(task, &sha256, point_id, token).await,
+            Claim::HeldByOther { owner, expires_in } => {
+                if deliveries > self.config.held_retries {
+                    // A fresh message starts a fresh delivery count: waiting never dead-letters.
+                    let id = format!("{}:recheck:{}", file_task_id(&task.job_id, &task.path), now_ms());
+                    self.queue.publish(Stream::Files, &id, messages::encode(task)).await?;
+                    debug!(path = %task.path, sha256, holder = %owner, "content still held; task published again");
+                    return Ok(Settle::Ack);
+                }
+                let delay = expires_in.min(self.config.held_retry()).max(Duration::from_millis(10));
+                debug!(path = %task.path, sha256, holder = %owner, delay_ms = delay.as_millis() as u64, "content held by another task");
+                Ok(Settle::Retry(delay))
+            }
+            Claim::Acquired { token } => {
+                let options = self.options;
+                let prepared = blocking(move || prepare(&path, &file, format, options)).await;
+                let pixels = match prepared {
+                    Ok(pixels) => pixels,
+                    Err(failure) => {
+                        self.state.release(&task.collection, &sha256, &token).await?;
+                        return self.fail(task, failure).await;
+                    }
+                };
+                let mut payload = pixels.payload;
+                payload.job_id = Some(task.job_id.clone());
+                let message = PreparedImage {
+                    schema_version: SCHEMA_VERSION,
+                    job_id: task.job_id.clone(),
+                    collection: task.collection.clone(),
+                    payload,
+                    clip_size: self.options.clip_size,
+                    clip_pixels: pixels.clip_pixels,
+                    blip_size: self.options.blip_size,
+                    blip_pixels: pixels.blip_pixels,
+                    claim_token: token.clone(),
+                };
+                // Coding the pixels is CPU work too: on the blocking pool.
+                let codec = self.config.prepared_codec;
+                let bytes = match blocking(move || Ok(messages::encode_prepared_with(&message, codec))).await {
+                    Ok(bytes) => bytes,
+                    Err(failure) => {
+                        self.state.release(&task.collection, &sha256, &token).await?;
+                        return self.fail(task, failure).await;
+                    }
+                };
+                let bound = prepared_message_bound(self.options.clip_size, self.options.blip_size);
+                if bytes.len() > bound {
+                    // Unreachable by the bound's construction; failing beats a queue rejection loop.
+                    self.state.release(&task.collection, &sha256, &token).await?;
+                    let detail = format!("prepared message is {} bytes, over its bound of {bound}", bytes.len());
+                    return self.fail(task, FileFailure::new(FailureKind::TooLarge, detail)).await;
+                }
+                // Counted as processed by the indexer, once its vector is stored.
+                publish_attempt(self.queue.as_ref(), Stream::Prepared, &prepared_id(&sha256, &token), bytes).await?;
+                PIPELINE.images.with_label_values(&["cpu", "prepared"]).inc();
+                debug!(job_id = %task.job_id, path = %task.path, sha256, scale = pixels.scale_denominator, "prepared");
+                Ok(Settle::Ack)
+            }
+        }
+    }
+
+    async fn duplicate(&self, task: &FileTask, sha256: &str, point_id: String, token: String) -> Result<Settle, StageError> {
+        let id = duplicate_path_id(&task.job_id, &task.path, &token);
+        let note = DuplicatePath::new(
+            task.job_id.clone(),
+            task.collection.clone(),
+            sha256.to_owned(),
+            point_id,
+            task.path.clone(),
+            token,
+        );
+        // Counted as a duplicate by the indexer, once the path is on the stored image: a
+        // completed job then shows every path.
+        publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&note)).await?;
+        PIPELINE.images.with_label_values(&["cpu", "duplicate"]).inc();
+        debug!(job_id = %task.job_id, path = %task.path, sha256, "duplicate");
+        Ok(Settle::Ack)
+    }
+
+    async fn fail(&self, task: &FileTask, failure: FileFailure) -> Result<Settle, StageError> {
+        info!(job_id = %task.job_id, path = %task.path, kind = %failure.kind, reason = %failure.detail, "file failed");
+        let outcome = ItemOutcome::Failed { reason: failure.to_string() };
+        if self.state.record_outcome(&task.job_id, &task.path, &outcome).await? {
+            PIPELINE.images.with_label_values(&["cpu", "failed"]).inc();
+        }
+        complete_if_done(self.state.as_ref(), &task.job_id).await?;
+        Ok(Settle::Ack)
     }
 }
 
-/// An image ready for the models: its payload and pixels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreparedPixels {
-    pub payload: ImagePayload,
-    pub clip_pixels: Vec<u8>,
-    pub blip_pixels: Vec<u8>,
-    /// The JPEG DCT scale the decode used (1 = full size).
-    pub scale_denominator: u32,
+#[async_trait]
+impl Stage for PrepareStage {
+    fn name(&self) -> &'static str {
+        "prepare"
+    }
+
+    fn queue(&self) -> &dyn WorkQueue {
+        self.queue.as_ref()
+    }
+
+    fn input(&self) -> Stream {
+        Stream::Files
+    }
+
+    fn batch(&self) -> usize {
+        self.config.batch
+    }
+
+    fn fetch_wait(&self) -> Duration {
+        self.config.fetch_wait()
+    }
+
+    fn fetch_retry(&self) -> Duration {
+        self.config.retry_delay(1)
+    }
+
+    /// Nothing while the encoders have no room for more prepared images (back to the driver,
+    /// which looks for a stop, after a short pause).
+    async fn fetch(&self, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if !self.encoders_have_room().await? {
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            return Ok(Vec::new());
+        }
+        self.queue.fetch(Stream::Files, self.config.batch, wait).await
+    }
+
+    /// Settles every delivery, at most `concurrency` at a time.
+    async fn handle(&self, deliveries: Vec<Delivery>, _stop: &Stop) {
+        futures::stream::iter(deliveries).for_each_concurrent(self.concurrency, |delivery| self.handle_one(delivery)).await;
+    }
 }
 
-/// The image format of a read file, or `not-an-image`.
-pub fn sniff_file(file: &ReadFile) -> Result<SniffedFormat, FileFailure> {
-    sniff(&file.bytes).ok_or_else(|| FileFailure::new(FailureKind::NotAnImage, "content is not a known image format"))
-}
+static PREPARED_LIMIT: std::sync::LazyLock<prometheus::IntGauge> = std::sync::LazyLock::new(|| {
+    imgfleet_core::metrics::register(
+        prometheus::IntGauge::new(
+            "prepared_waiting_limit",
+            "Prepared images the CPU stage lets wait for the encoders now (--max-prepared-waiting; auto follows the live encoders' batches); -1: no limit",
+        )
+        .expect("valid metric"),
+    )
+});
 
-/// Decodes, orients and resizes `file` (read from `path`, sniffed as `format`).
-pub fn prepare(path: &Path, file: &ReadFile, format: SniffedFormat, options: PrepareOptions) -> Result<PreparedPixels, FileFailure> {
-    let exif = read_exif(&file.bytes);
-    let min_side = options.clip_size.max(options.blip_size);
-    let decoded = decode::decode(&file.bytes, format, min_side, options.limits)?;
-    let (width, height) = if decode::orientation_swaps_sides(exif.orientation) {
-        (decoded.height, decoded.width)
-    } else {
-        (decoded.width, decoded.height)
-    };
-    let upright = decode::apply_orientation(decoded.pixels, exif.orientation);
-    let clip_pixels = clip_input(&upright, options.clip_size);
-    let blip_pixels = if options.blip_size == 0 { Vec::new() } else { blip_input(&upright, options.blip_size) };
-    let path_text = path.to_string_lossy().into_owned();
-    let payload = ImagePayload {
-        sha256: file.sha256.clone(),
-        path: path_text.clone(),
-        paths: vec![path_text],
-        more_paths: 0,
-        filename: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        width,
-        height,
-        format: format.name().to_owned(),
-        bytes: file.bytes.len() as u64,
-        mtime: file.mtime.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-        taken_at: exif.taken_at,
-        camera_make: exif.camera_make,
-        camera_model: exif.camera_model,
-        gps: exif.gps,
-        caption: None,
-        job_id: None,
-        // The indexer stamps the write time; until then, when the pixels were prepared.
-        ingested_at: now_rfc3339(),
-    };
-    Ok(PreparedPixels { payload, clip_pixels, blip_pixels, scale_denominator: decoded.scale_denominator })
-}
-
-/// Largest path a payload carries (Linux PATH_MAX).
-pub const MAX_PATH_BYTES: usize = 4096;
-
-/// Upper bound of an encoded `PreparedImage` in bytes, either form (the binary envelope the stage
-/// sends is smaller than this JSON bound): both pixel buffers in base64 plus 64 KiB
-/// for the JSON payload (a `PATH_MAX` path twice, even if every byte needs a `\u00XX` escape,
-/// a 255-byte file name, clipped EXIF strings, numbers).
-pub fn prepared_message_bound(clip_size: u32, blip_size: u32) -> usize {
-    let base64 = |side: u32| (side as usize * side as usize * 3).div_ceil(3) * 4;
-    base64(clip_size) + base64(blip_size) + 64 * 1024
+/// Runs CPU-heavy work on the blocking pool. A panic inside is the file's fault (a decoder bug
+/// on hostile input): it fails the file instead of the worker.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, FileFailure> + Send + 'static) -> Result<T, FileFailure> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => Err(FileFailure::new(FailureKind::Corrupt, format!("decoder crashed: {e}"))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use imgfleet_shared::messages::{PreparedImage, encode, encode_prepared};
-
     use super::*;
 
     #[test]
-    fn default_message_fits_nats_max_payload() {
-        // nats.conf: max_payload 4MB.
-        assert!(prepared_message_bound(224, 384) < 4 * 1024 * 1024);
-        assert_eq!(prepared_message_bound(224, 384), 200_704 + 589_824 + 65_536);
-    }
-
-    #[test]
-    fn worst_case_payload_stays_under_the_bound() {
-        // A PATH_MAX path of control characters: each byte is escaped as \u00XX in JSON.
-        let path = "\u{1}".repeat(MAX_PATH_BYTES);
-        let text = "x".repeat(crate::metadata::MAX_EXIF_TEXT);
-        let message = PreparedImage {
-            schema_version: 1,
-            job_id: "j".repeat(64),
-            collection: "c".repeat(64),
-            payload: ImagePayload {
-                sha256: "f".repeat(64),
-                path: path.clone(),
-                paths: vec![path],
-                more_paths: 0,
-                filename: "\u{1}".repeat(255),
-                width: u32::MAX,
-                height: u32::MAX,
-                format: "jpeg".into(),
-                bytes: u64::MAX,
-                mtime: Some(now_rfc3339()),
-                taken_at: Some(now_rfc3339()),
-                camera_make: Some(text.clone()),
-                camera_model: Some(text),
-                gps: Some(imgfleet_shared::domain::GeoPoint { lat: -89.123456789, lon: -179.123456789 }),
-                caption: None,
-                job_id: Some("j".repeat(64)),
-                ingested_at: now_rfc3339(),
-            },
-            clip_size: 224,
-            clip_pixels: vec![255; 224 * 224 * 3],
-            blip_size: 384,
-            blip_pixels: vec![255; 384 * 384 * 3],
-            claim_token: format!("{}.{}", u64::MAX, "0".repeat(32)),
-        };
-        // The JSON form (base64 pixels) is the larger of the two; the stage sends the envelope.
-        let encoded = encode(&message).len();
-        assert!(encoded <= prepared_message_bound(224, 384), "{encoded} bytes");
-        assert!(encode_prepared(&message).len() < encoded);
+    fn message_ids_name_the_attempt() {
+        let sha = "ab12".repeat(16);
+        assert_eq!(prepared_id(&sha, "0.ff"), "prep:ab12ab12ab12ab12:0.ff");
+        assert_ne!(prepared_id(&sha, "0.ff"), prepared_id(&sha, "0.fe"), "a new claim is a new message");
+        let a = duplicate_path_id("j1", "/x/a.jpg", "0.ff");
+        assert_ne!(a, duplicate_path_id("j1", "/x/b.jpg", "0.ff"));
+        assert_ne!(a, duplicate_path_id("j2", "/x/a.jpg", "0.ff"));
+        assert_ne!(a, duplicate_path_id("j1", "/x/a.jpg", "1.aa"), "a new done entry is a new note");
+        assert!(a.starts_with("dup:j1:"));
+        assert_eq!(task_owner("j", "/a"), task_owner("j", "/a"));
+        assert_ne!(task_owner("j", "/a"), task_owner("k", "/a"));
+        assert_ne!(task_owner("j", "/a"), task_owner("j", "/b"));
     }
 }

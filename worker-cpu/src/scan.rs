@@ -1,33 +1,22 @@
-//! Scan: walk a directory as a stream and publish one file task per candidate image.
-//!
-//! The walk holds one open directory per level (never a whole listing), runs on a blocking
-//! thread and hands candidates to the publisher over a bounded channel, so a folder of a
-//! million files costs the same memory as a folder of ten.
-//!
-//! Symlinks (`inside-root`, the default): followed when their target, fully resolved, lies
-//! inside the scanned directory; a link that leaves it, dangles, or loops back to an ancestor is
-//! skipped and logged against the job. Candidates: regular files whose name has an image
-//! extension (so a broken image is accounted for as failed) or whose first bytes sniff as an
-//! image (so `IMG_0001` without extension is found). Anything else is not counted.
+//! The scan stage: consumes `Stream::Scan` (one request per ingest job), walks the request's
+//! directory ([`crate::walk`]) on a blocking thread and publishes one `FileTask` per candidate
+//! on `Stream::Files`. The walk hands candidates over a bounded channel and pauses while the
+//! files stream is full, so a huge tree never runs far ahead of the prepare stage.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgfleet_shared::messages::{self, FileTask, ScanRequest};
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
-use imgfleet_shared::domain::JobStatus;
+use async_trait::async_trait;
+use imgfleet_core::domain::JobStatus;
+use imgfleet_core::messages::{self, FileTask, ScanRequest};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
+use imgfleet_core::stage::{Stage, StageError, Stop};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
-use walkdir::{DirEntry, WalkDir};
 
-use crate::sniff::{SNIFF_LEN, has_image_extension, sniff};
+pub use crate::walk::{ScanError, SymlinkPolicy, Walk, WalkItem};
 
 /// Candidates found but not yet published; the walk waits when the publisher is this far behind.
 pub const SCAN_CHANNEL_BOUND: usize = 256;
@@ -45,152 +34,22 @@ const MAX_SCAN_RESUMES: u32 = 50;
 /// Skip notes logged against one job at most; the rest are only counted.
 const MAX_SKIP_LOG_LINES: u64 = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SymlinkPolicy {
-    /// Follow links whose resolved target stays inside the scanned directory.
-    InsideRoot,
-    /// Follow no symlink.
-    Never,
-}
-
-/// One thing the walk met.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WalkItem {
-    /// A file to prepare.
-    Candidate(PathBuf),
-    /// Something left out, with why (a symlink loop, a link leaving the root, an unreadable
-    /// directory).
-    Skipped { path: PathBuf, reason: String },
-}
-
-/// Why a scan could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ScanError {
-    #[error("cannot open {path}: {source}")]
-    Root { path: String, source: std::io::Error },
-    #[error("{path} is not a directory")]
-    NotADirectory { path: String },
-    #[error("{path} is outside this worker's ingest roots ({roots}); give the worker the API's --ingest-root")]
-    OutsideRoots { path: String, roots: String },
-}
-
-/// The walk of one directory tree, as an iterator of candidates and skips.
-pub struct Walk {
-    entries: walkdir::FilterEntry<walkdir::IntoIter, Box<dyn FnMut(&DirEntry) -> bool>>,
-    /// Symlinks refused by the entry filter, waiting to be reported.
-    refused: Rc<RefCell<VecDeque<WalkItem>>>,
-}
-
-impl Walk {
-    /// Starts walking `root` (canonicalised first; candidates are paths under the canonical root).
-    pub fn new(root: &Path, policy: SymlinkPolicy) -> Result<Self, ScanError> {
-        Self::within(root, policy, &[])
-    }
-
-    /// [`Walk::new`], refused unless the canonical `root` lies inside one of `roots`
-    /// (canonical); no `roots`: anywhere.
-    pub fn within(root: &Path, policy: SymlinkPolicy, roots: &[PathBuf]) -> Result<Self, ScanError> {
-        let root = root
-            .canonicalize()
-            .map_err(|source| ScanError::Root { path: root.display().to_string(), source })?;
-        if !roots.is_empty() && !roots.iter().any(|allowed| root.starts_with(allowed)) {
-            let roots = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
-            return Err(ScanError::OutsideRoots { path: root.display().to_string(), roots });
-        }
-        if !root.is_dir() {
-            return Err(ScanError::NotADirectory { path: root.display().to_string() });
-        }
-        let refused = Rc::new(RefCell::new(VecDeque::new()));
-        let notes = Rc::clone(&refused);
-        let canonical_root = root.clone();
-        let filter: Box<dyn FnMut(&DirEntry) -> bool> = Box::new(move |entry: &DirEntry| {
-            if !entry.path_is_symlink() {
-                return true;
-            }
-            let refusal = match policy {
-                SymlinkPolicy::Never => Some("symlink not followed (policy: never)".to_owned()),
-                SymlinkPolicy::InsideRoot => match entry.path().canonicalize() {
-                    Err(e) => Some(format!("symlink cannot be resolved: {e}")),
-                    Ok(target) if !target.starts_with(&canonical_root) => {
-                        Some(format!("symlink leads outside the scanned directory, to {}", target.display()))
-                    }
-                    Ok(_) => None,
-                },
-            };
-            match refusal {
-                Some(reason) => {
-                    notes.borrow_mut().push_back(WalkItem::Skipped { path: entry.path().to_owned(), reason });
-                    false
-                }
-                None => true,
-            }
-        });
-        let entries = WalkDir::new(&root)
-            .follow_links(policy == SymlinkPolicy::InsideRoot)
-            .into_iter()
-            .filter_entry(filter);
-        Ok(Self { entries, refused })
-    }
-}
-
-impl Iterator for Walk {
-    type Item = WalkItem;
-
-    fn next(&mut self) -> Option<WalkItem> {
-        loop {
-            if let Some(note) = self.refused.borrow_mut().pop_front() {
-                return Some(note);
-            }
-            let entry = match self.entries.next()? {
-                Ok(entry) => entry,
-                Err(e) => {
-                    let path = e.path().map(Path::to_owned).unwrap_or_default();
-                    let reason = if e.loop_ancestor().is_some() {
-                        "symlink loop: it leads back to a directory being walked".to_owned()
-                    } else {
-                        format!("cannot read: {}", e.to_string().to_lowercase())
-                    };
-                    return Some(WalkItem::Skipped { path, reason });
-                }
-            };
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            if has_image_extension(entry.path()) || sniffs_as_image(entry.path()) {
-                return Some(WalkItem::Candidate(entry.into_path()));
-            }
-        }
-    }
-}
-
-fn sniffs_as_image(path: &Path) -> bool {
-    let mut head = [0u8; SNIFF_LEN];
-    let Ok(mut file) = File::open(path) else { return false };
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => filled += n,
-        }
-    }
-    sniff(&head[..filled]).is_some()
-}
-
-pub use imgfleet_shared::names::file_task_id;
+pub use imgfleet_core::names::file_task_id;
 
 /// The scan stage: consumes `Stream::Scan`, publishes `FileTask`s on `Stream::Files`.
-pub struct Scanner {
+pub struct ScanStage {
     queue: Arc<dyn WorkQueue>,
     state: Arc<dyn StateStore>,
     symlinks: SymlinkPolicy,
     /// Canonical directories scan requests must lie in; empty: any (the API checked them).
     ingest_roots: Vec<PathBuf>,
     retry_delay: Duration,
+    fetch_wait: Duration,
     max_waiting_files: u64,
 }
 
 /// File tasks waiting in the queue beyond which the scan pauses (see
-/// [`Scanner::with_max_waiting_files`]).
+/// [`ScanStage::with_max_waiting_files`]).
 pub const DEFAULT_MAX_WAITING_FILES: u64 = 10_000;
 
 /// Counts of one finished walk.
@@ -200,17 +59,7 @@ pub struct ScanSummary {
     pub skipped: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum Transient {
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error("scan thread failed: {0}")]
-    Thread(String),
-}
-
-impl Scanner {
+impl ScanStage {
     pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, symlinks: SymlinkPolicy) -> Self {
         Self {
             queue,
@@ -218,8 +67,15 @@ impl Scanner {
             symlinks,
             ingest_roots: Vec::new(),
             retry_delay: Duration::from_secs(5),
+            fetch_wait: Duration::from_secs(1),
             max_waiting_files: DEFAULT_MAX_WAITING_FILES,
         }
+    }
+
+    /// Longest wait for a scan request before looking for a stop again (default 1 s).
+    pub fn with_fetch_wait(mut self, wait: Duration) -> Self {
+        self.fetch_wait = wait;
+        self
     }
 
     /// Refuses scan requests for directories outside `roots` (each canonicalised here): the job
@@ -269,41 +125,9 @@ impl Scanner {
         }
     }
 
-    /// Handles at most one scan request; returns how many it fetched (0 or 1).
-    pub async fn run_batch(&self, wait: Duration) -> Result<usize, QueueError> {
-        self.run_batch_until(wait, None).await
-    }
-
-    async fn run_batch_until(&self, wait: Duration, stop: Option<&tokio::sync::watch::Receiver<bool>>) -> Result<usize, QueueError> {
-        let deliveries = self.queue.fetch(Stream::Scan, 1, wait).await?;
-        let fetched = deliveries.len();
-        for delivery in deliveries {
-            self.handle_until(delivery, stop).await;
-        }
-        Ok(fetched)
-    }
-
-    /// Handles scan requests until `shutdown` turns true. A scan running then stops between
-    /// groups and hands its request back at once: another scanner resumes it.
-    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>, wait: Duration) {
-        while !*shutdown.borrow_and_update() {
-            match self.run_batch_until(wait, Some(&shutdown)).await {
-                Ok(_) => {}
-                Err(QueueError::Closed) => return,
-                Err(e) => {
-                    warn!(error = %e, "fetching scan requests failed");
-                    tokio::time::sleep(self.retry_delay).await;
-                }
-            }
-        }
-    }
-
-    /// Walks the request's directory and settles the delivery.
-    pub async fn handle(&self, delivery: Delivery) {
-        self.handle_until(delivery, None).await;
-    }
-
-    async fn handle_until(&self, delivery: Delivery, stop: Option<&tokio::sync::watch::Receiver<bool>>) {
+    /// Walks the request's directory and settles the delivery. A scan running when the process
+    /// stops ends between groups and hands its request back at once: another scanner resumes it.
+    pub async fn handle_one(&self, delivery: Delivery, stop: &Stop) {
         let settle = match messages::decode::<ScanRequest>(&delivery.payload) {
             Err(e) => Settle::Terminate(format!("undecodable scan request: {e}")),
             Ok(request) => match self.scan(&request, &delivery, stop).await {
@@ -321,8 +145,8 @@ impl Scanner {
         &self,
         request: &ScanRequest,
         delivery: &Delivery,
-        stop: Option<&tokio::sync::watch::Receiver<bool>>,
-    ) -> Result<Settle, Transient> {
+        stop: &Stop,
+    ) -> Result<Settle, StageError> {
         let job_id = request.job_id.as_str();
         match self.state.set_job_status(job_id, JobStatus::Running, None).await {
             Ok(job) if job.status.is_final() => {
@@ -342,7 +166,7 @@ impl Scanner {
         if delivery.deliveries > 1 {
             if request.resumes >= MAX_SCAN_RESUMES {
                 let reason = format!("the scan was interrupted {} times; giving up", request.resumes + 1);
-                imgfleet_shared::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
+                imgfleet_core::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
                 return Ok(Settle::Ack);
             }
             let unsettled = self.state.unsettled_items(job_id).await?;
@@ -391,7 +215,7 @@ impl Scanner {
                 }
                 last_heartbeat = std::time::Instant::now();
             }
-            if stop.is_some_and(|s| *s.borrow()) {
+            if stop.is_set() {
                 info!(job_id, candidates = summary.candidates, "stopping: the scan request goes back to the queue");
                 return Ok(Settle::Retry(Duration::ZERO));
             }
@@ -409,7 +233,7 @@ impl Scanner {
                         // The directory itself cannot be walked: the job fails, retrying will not help.
                         let reason = e.to_string();
                         warn!(job_id, error = %reason, "scan failed");
-                        imgfleet_shared::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
+                        imgfleet_core::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
                         return Ok(Settle::Ack);
                     }
                     Ok(WalkItem::Candidate(path)) => candidates.push(path.to_string_lossy().into_owned()),
@@ -431,7 +255,7 @@ impl Scanner {
             let candidates = new;
             self.publish_tasks(request, &candidates, delivery).await?;
             summary.candidates += candidates.len() as u64;
-            imgfleet_shared::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(candidates.len() as u64);
+            imgfleet_core::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(candidates.len() as u64);
             if let Some(job) = self.state.job(job_id).await? {
                 if job.status.is_final() {
                     info!(job_id, status = ?job.status, candidates = summary.candidates, "job ended; scan stopped");
@@ -439,7 +263,7 @@ impl Scanner {
                 }
             }
         }
-        walker.await.map_err(|e| Transient::Thread(e.to_string()))?;
+        walker.await.map_err(|e| StageError::Thread(format!("scan thread failed: {e}")))?;
         if summary.skipped > MAX_SKIP_LOG_LINES {
             let more = summary.skipped - MAX_SKIP_LOG_LINES;
             self.state.append_log(job_id, &format!("skipped {more} more entries")).await?;
@@ -456,9 +280,43 @@ impl Scanner {
             )
             .await?;
         self.state.mark_scan_complete(job_id).await?;
-        imgfleet_shared::job_status::complete_if_done(self.state.as_ref(), job_id).await?;
+        imgfleet_core::job_status::complete_if_done(self.state.as_ref(), job_id).await?;
         info!(job_id, candidates = summary.candidates, skipped = summary.skipped, "scan complete");
         Ok(Settle::Ack)
+    }
+}
+
+#[async_trait]
+impl Stage for ScanStage {
+    fn name(&self) -> &'static str {
+        "scan"
+    }
+
+    fn queue(&self) -> &dyn WorkQueue {
+        self.queue.as_ref()
+    }
+
+    fn input(&self) -> Stream {
+        Stream::Scan
+    }
+
+    /// One request at a time: a walk is long.
+    fn batch(&self) -> usize {
+        1
+    }
+
+    fn fetch_wait(&self) -> Duration {
+        self.fetch_wait
+    }
+
+    fn fetch_retry(&self) -> Duration {
+        self.retry_delay
+    }
+
+    async fn handle(&self, deliveries: Vec<Delivery>, stop: &Stop) {
+        for delivery in deliveries {
+            self.handle_one(delivery, stop).await;
+        }
     }
 }
 

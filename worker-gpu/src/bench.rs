@@ -22,7 +22,7 @@ use crate::blip::BlipModel;
 use crate::clip::ClipModel;
 use crate::fidelity::{greedy_agreement, min_row_cosine};
 use crate::generate::{GenerationParams, generate};
-use crate::model_dir::ModelDir;
+use imgfleet_models::model_dir::ModelDir;
 use crate::precision::{Dtype, kind_name};
 use crate::runtime::{device_name, parse_device};
 

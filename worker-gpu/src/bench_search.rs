@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imgfleet_shared::domain::RgbImage;
-use imgfleet_shared::ports::Encoder;
+use imgfleet_core::domain::RgbImage;
+use imgfleet_core::ports::Encoder;
 
 use crate::runtime::{RuntimeOptions, TchEncoder, parse_device};
 

@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::generate::GenerationParams;
 use crate::layers::Activation;
-use crate::model_dir::{ModelDir, ModelError};
+use imgfleet_models::model_dir::{ModelDir, ModelError};
 use crate::precision::cast_weights;
 use crate::preprocess::ImageProcessorConfig;
 

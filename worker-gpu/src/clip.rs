@@ -9,7 +9,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::layers::{Activation, Encoder, EncoderConfig};
-use crate::model_dir::{ModelDir, ModelError};
+use imgfleet_models::model_dir::{ModelDir, ModelError};
 use crate::precision::cast_weights;
 use crate::preprocess::ImageProcessorConfig;
 

@@ -3,16 +3,18 @@
 use std::net::IpAddr;
 
 use clap::Args;
-use imgfleet_shared::config::{FleetArgs, ModelArgs};
-use imgfleet_shared::http::ServerLimits;
+use imgfleet_core::secret::Secret;
+use imgfleet_fleet::connect::FleetArgs;
+use imgfleet_models::ModelArgs;
+use imgfleet_http::ServerLimits;
 
 use crate::precision::Dtype;
-use imgfleet_shared::http::auth::{ApiKeys, KeyConfigError, check_exposure};
+use imgfleet_http::auth::{ApiKeys, KeyConfigError, check_exposure};
 
 /// The flag keys are given with, as error messages name it.
 pub const API_KEY_FLAG: &str = "--api-key (IMGFLEET_API_KEYS)";
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 pub struct GpuWorkerConfig {
     /// Address the ML API listens on.
     #[arg(long, env = "IMGFLEET_HOST", default_value = "127.0.0.1")]
@@ -76,7 +78,7 @@ pub struct GpuWorkerConfig {
     /// KEY (any scope will do); repeat (or comma-separate) for several. None: open, which only
     /// a loopback --host allows unless --allow-unauthenticated.
     #[arg(long = "api-key", env = "IMGFLEET_API_KEYS", value_delimiter = ',')]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<Secret>,
 
     /// Serve the ML API without keys on a non-loopback --host.
     #[arg(long, env = "IMGFLEET_ALLOW_UNAUTHENTICATED")]
@@ -94,32 +96,8 @@ impl GpuWorkerConfig {
     /// The ML API's keys, checked: none empty, and none missing on an address other machines
     /// reach (unless --allow-unauthenticated).
     pub fn access_keys(&self) -> Result<ApiKeys, KeyConfigError> {
-        let keys = ApiKeys::parse(&self.api_keys, API_KEY_FLAG)?;
+        let keys = ApiKeys::parse(self.api_keys.iter().map(Secret::expose), API_KEY_FLAG)?;
         check_exposure(self.host, &keys, self.allow_unauthenticated, API_KEY_FLAG)?;
         Ok(keys)
-    }
-}
-
-impl std::fmt::Debug for GpuWorkerConfig {
-    /// Keys hidden (their count shown); the fleet's secrets are hidden by `FleetArgs`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuWorkerConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("models", &self.models)
-            .field("fleet", &self.fleet)
-            .field("device", &self.device)
-            .field("dtype", &self.dtype)
-            .field("encoder_batch", &self.encoder_batch)
-            .field("worker_id", &self.worker_id)
-            .field("caption_sub_batch", &self.caption_sub_batch)
-            .field("max_waiting", &self.max_waiting)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_request_pixels", &self.max_request_pixels)
-            .field("api_keys", &format_args!("<{} hidden>", self.api_keys.len()))
-            .field("allow_unauthenticated", &self.allow_unauthenticated)
-            .field("limits", &self.limits)
-            .field("log_json", &self.log_json)
-            .finish()
     }
 }

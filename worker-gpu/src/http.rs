@@ -12,15 +12,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use imgfleet_shared::domain::{Capabilities, RgbImage};
-use imgfleet_shared::http::image_input::ImageUpload;
-use imgfleet_shared::http::{ApiJson, ApiKeys, AppError, AppResult, Scope, json_errors};
-use imgfleet_shared::ports::encoder::check_text_lengths;
-use imgfleet_shared::ports::{Encoder, EncoderError};
+use imgfleet_core::domain::{Capabilities, RgbImage};
+use imgfleet_imaging::upload::ImageUpload;
+use imgfleet_http::{ApiJson, ApiKeys, AppError, AppResult, Scope, json_errors};
+use imgfleet_core::ports::encoder::check_text_lengths;
+use imgfleet_core::ports::{Encoder, EncoderError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use imgfleet_shared::http::image_input::MAX_IMAGE_PIXELS;
+pub use imgfleet_imaging::upload::MAX_IMAGE_PIXELS;
 
 /// Requests' worth of pixels decoded at once over all requests.
 const REQUESTS_OF_PIXELS_IN_FLIGHT: u64 = 4;
@@ -80,7 +80,7 @@ pub fn router(state: MlState, max_body_bytes: usize) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .with_state(state)
-        .merge(imgfleet_shared::http::ops::router("imgfleet-worker-gpu"))
+        .merge(imgfleet_http::ops::router("imgfleet-worker-gpu"))
         .fallback(|request: Request| async move {
             AppError::not_found(format!("no route for {} {}", request.method(), request.uri().path()))
         })
@@ -128,7 +128,7 @@ pub struct TextResponse {
     pub embeddings: Vec<Vec<f32>>,
 }
 
-pub use imgfleet_shared::http::image_input::decode_image;
+pub use imgfleet_imaging::upload::decode_image;
 
 /// Reads an upload's header off the runtime (base64 decoding is CPU work).
 async fn read_upload(request: ImageRequest) -> AppResult<ImageUpload> {

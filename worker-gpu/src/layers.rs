@@ -4,7 +4,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use crate::model_dir::ModelError;
+use imgfleet_models::model_dir::ModelError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {

@@ -12,23 +12,22 @@ pub mod generate;
 pub mod http;
 pub mod lanes;
 pub mod layers;
-/// Re-exported from `imgfleet_shared`, where every process resolves model names.
-pub use imgfleet_shared::model_dir;
 pub mod precision;
 pub mod preprocess;
 pub mod runtime;
-pub mod stage;
+pub mod encode;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use imgfleet_shared::http::ops;
-use imgfleet_shared::ports::{Encoder, StateStore, WorkQueue};
+use imgfleet_http::ops;
+use imgfleet_core::ports::Encoder;
+use imgfleet_fleet::FleetProcess;
 
 pub use crate::config::GpuWorkerConfig;
 use crate::runtime::{RuntimeOptions, TchEncoder, parse_device};
-use crate::stage::{EncoderStage, EncoderStageConfig};
+use crate::encode::{EncodeStage, EncodeConfig};
 
 const NAME: &str = "imgfleet-worker-gpu";
 /// How long stopping waits for the current batch to be encoded and settled.
@@ -60,43 +59,28 @@ pub async fn run(config: GpuWorkerConfig) -> anyhow::Result<()> {
     let capabilities = encoder.capabilities();
     tracing::info!(?capabilities, "models loaded");
 
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
-    if config.fleet.nats_url.is_some() {
-        let queue = config.fleet.connect_queue(NAME).await?;
-        let state: Arc<dyn StateStore> = config.fleet.connect_state(NAME).await?;
-        imgfleet_shared::config::account_given_up(&queue, state.clone());
-        let client = queue.client();
-        let queue: Arc<dyn WorkQueue> = queue;
-        let stage_config = EncoderStageConfig { max_deliver: config.fleet.max_deliver, ..EncoderStageConfig::default() };
-        let stage = EncoderStage::new(queue, state, ingest, stage_config);
-        let worker_id = config.worker_id.clone().unwrap_or_else(|| imgfleet_shared::workers::default_worker_id("gpu"));
-        tracing::info!(worker_id, batch = stage.batch(), captions = stage.captions(), "joining the fleet: encoding prepared images, answering search requests");
-        {
-            let announcer = stage.announcer(worker_id);
-            let client = client.clone();
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(imgfleet_shared::adapters::nats_workers::announce(client, announcer, stop)));
-        }
-        {
-            let stop = stop.clone();
-            tasks.push(tokio::spawn(async move { stage.run(stop).await }));
-        }
-        {
-            let stop = stop.clone();
-            let encoder = encoder.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = imgfleet_shared::adapters::nats_encoder::serve_encoder(client, encoder, stop).await {
-                    tracing::error!(error = %e, "the search responder stopped");
-                }
-            }));
-        }
+    let router = http::router(http::MlState::new(encoder.clone(), keys, config.max_request_pixels), config.max_body_bytes);
+    if config.fleet.nats_url.is_none() {
+        // The ML API alone.
+        ops::serve(NAME, config.host, config.port, router, config.limits, ops::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        return Ok(());
     }
-    let router = http::router(http::MlState::new(encoder, keys, config.max_request_pixels), config.max_body_bytes);
-    ops::serve(NAME, config.host, config.port, router, config.limits, ops::shutdown_signal()).await?;
-    let _ = stop_tx.send(true);
-    ops::join_stages(tasks, STOP_GRACE).await;
-    tracing::info!("stopped");
+    let mut process = FleetProcess::connect(NAME, &config.fleet).await?;
+    let stage_config = EncodeConfig { max_deliver: config.fleet.max_deliver, ..EncodeConfig::default() };
+    let stage = EncodeStage::new(process.queue(), process.state(), ingest, stage_config);
+    let worker_id = config.worker_id.clone().unwrap_or_else(|| imgfleet_core::workers::default_worker_id("gpu"));
+    tracing::info!(worker_id, batch = stage.batch(), captions = stage.captions(), "joining the fleet: encoding prepared images, answering search requests");
+    let client = process.nats().client();
+    process.spawn(imgfleet_fleet::nats_workers::announce(client.clone(), stage.announcer(worker_id), process.stop_signal()));
+    process.spawn_stage(stage);
+    let stop = process.stop_signal();
+    process.spawn(async move {
+        if let Err(e) = imgfleet_fleet::nats_encoder::serve_encoder(client, encoder, stop).await {
+            tracing::error!(error = %e, "the search responder stopped");
+        }
+    });
+    process.serve(config.host, config.port, router, config.limits, STOP_GRACE).await?;
     Ok(())
 }
 

@@ -21,6 +21,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    imgfleet_shared::telemetry::init(cli.config.log_json);
+    imgfleet_core::telemetry::init(cli.config.log_json);
     imgfleet_worker_gpu::run(cli.config).await
 }

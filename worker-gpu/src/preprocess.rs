@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use imgfleet_shared::domain::RgbImage;
+use imgfleet_core::domain::RgbImage;
+use imgfleet_imaging::geometry::shortest_edge_size;
 use serde::Deserialize;
 
 /// PIL's `Resample.c` keeps coefficients as fixed point with this many fractional bits.
@@ -111,7 +112,7 @@ impl ImageProcessorConfig {
     pub fn prepare(&self, image: &RgbImage) -> RgbImage {
         let resized = match self.resize {
             Resize::ShortestEdge(s) => {
-                let (h, w) = shortest_edge_size(image.height, image.width, s);
+                let (w, h) = shortest_edge_size(image.width, image.height, s);
                 resize_bicubic(image, w, h)
             }
             Resize::Exact(h, w) => resize_bicubic(image, w, h),
@@ -134,13 +135,6 @@ impl ImageProcessorConfig {
         }
         out
     }
-}
-
-/// `transformers`' `get_resize_output_image_size(default_to_square=False)`: (height, width).
-pub fn shortest_edge_size(height: u32, width: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height { (width, height) } else { (height, width) };
-    let new_long = (f64::from(size) * f64::from(long) / f64::from(short)) as u32;
-    if width <= height { (new_long, size) } else { (size, new_long) }
 }
 
 /// `transformers`' `center_crop`: top/left by floor division; pads with zeros when smaller.
@@ -285,13 +279,6 @@ pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shortest_edge_follows_transformers() {
-        assert_eq!(shortest_edge_size(300, 200, 224), (336, 224));
-        assert_eq!(shortest_edge_size(200, 300, 224), (224, 336));
-        assert_eq!(shortest_edge_size(95, 69, 32), (44, 32)); // int(32 * 95 / 69) = 44
-    }
 
     #[test]
     fn resize_to_same_size_is_identity_and_constant_stays_constant() {

@@ -8,8 +8,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use imgfleet_shared::domain::{Capabilities, RgbImage};
-use imgfleet_shared::ports::{Encoder, EncoderError};
+use imgfleet_core::domain::{Capabilities, RgbImage};
+use imgfleet_core::ports::{Encoder, EncoderError};
 use tch::{Device, Tensor};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -17,7 +17,7 @@ use crate::blip::BlipModel;
 use crate::clip::{ClipModel, normalise_rows};
 use crate::generate::GenerationParams;
 use crate::lanes::{Lane, Lanes, Refused};
-use crate::model_dir::{ModelDir, ModelError};
+use imgfleet_models::model_dir::{ModelDir, ModelError};
 use crate::precision::{Dtype, kind_name};
 use crate::preprocess::ImageProcessorConfig;
 
@@ -263,7 +263,7 @@ impl Encoder for TchEncoder {
         if texts.len() > MAX_ITEMS_PER_REQUEST {
             return Err(EncoderError::Invalid(format!("at most {MAX_ITEMS_PER_REQUEST} texts per request")));
         }
-        imgfleet_shared::ports::encoder::check_text_lengths(&texts)?;
+        imgfleet_core::ports::encoder::check_text_lengths(&texts)?;
         let tokenizer = Arc::clone(&self.tokenizer);
         let ids = tokio::task::spawn_blocking(move || tokenizer.encode(&texts))
             .await

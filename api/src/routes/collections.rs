@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use imgfleet_shared::domain::{CollectionInfo, CollectionName, CollectionSpec, Distance, MAX_VECTOR_SIZE};
+use imgfleet_core::domain::{CollectionInfo, CollectionName, CollectionSpec, Distance, MAX_VECTOR_SIZE};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -107,7 +107,7 @@ pub async fn delete_collection(State(app): State<AppState>, Path(name): Path<Str
     app.vectors.collection(name.as_str()).await?;
     let reason = format!("collection {name} was deleted while the job ran");
     for job in app.state.active_jobs().await?.into_iter().filter(|job| job.collection == name.as_str()) {
-        imgfleet_shared::job_status::fail_job(app.state.as_ref(), &job.job_id, &reason).await?;
+        imgfleet_core::job_status::fail_job(app.state.as_ref(), &job.job_id, &reason).await?;
     }
     app.vectors.delete_collection(name.as_str()).await?;
     // After the points are gone: a done mark written meanwhile is removed, and a later one for a

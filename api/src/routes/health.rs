@@ -44,7 +44,7 @@ pub async fn readyz(State(app): State<AppState>) -> AppResult<Json<Health>> {
         .map_err(|e| AppError::unavailable(format!("state store: {e}")))?;
     if let Some(queue) = &app.queue {
         queue
-            .depth(imgfleet_shared::names::Stream::Scan)
+            .depth(imgfleet_core::names::Stream::Scan)
             .await
             .map_err(|e| AppError::unavailable(format!("queue: {e}")))?;
     }
@@ -54,5 +54,5 @@ pub async fn readyz(State(app): State<AppState>) -> AppResult<Json<Health>> {
 /// Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, body = String, content_type = "text/plain")))]
 pub async fn metrics() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, imgfleet_shared::metrics::TEXT_CONTENT_TYPE)], imgfleet_shared::metrics::render())
+    ([(header::CONTENT_TYPE, imgfleet_core::metrics::TEXT_CONTENT_TYPE)], imgfleet_core::metrics::render())
 }

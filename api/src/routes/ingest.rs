@@ -8,11 +8,11 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use imgfleet_shared::domain::{CollectionSpec, Distance, JobCounts, JobRecord, JobStatus};
-use imgfleet_shared::messages::{self, ScanRequest};
-use imgfleet_shared::metrics::PIPELINE;
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::VectorError;
+use imgfleet_core::domain::{CollectionSpec, Distance, JobCounts, JobRecord, JobStatus};
+use imgfleet_core::messages::{self, ScanRequest};
+use imgfleet_core::metrics::PIPELINE;
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::VectorError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -215,7 +215,7 @@ pub async fn start_ingest(State(app): State<AppState>, ApiJson(body): ApiJson<In
     let request = ScanRequest::new(job_id.clone(), collection.as_str().to_owned(), directory_path.clone());
     if let Err(e) = queue.publish(Stream::Scan, &job_id, messages::encode(&request)).await {
         let reason = format!("the scan request could not be queued: {e}");
-        let _ = imgfleet_shared::job_status::fail_job(app.state.as_ref(), &job_id, &reason).await;
+        let _ = imgfleet_core::job_status::fail_job(app.state.as_ref(), &job_id, &reason).await;
         return Err(AppError::unavailable(reason));
     }
     tracing::info!(job_id, collection = %collection, directory = %directory_path, "ingest job queued");
@@ -240,7 +240,7 @@ async fn ensure_collection(app: &AppState, collection: &str) -> AppResult<()> {
             _ => Ok(()),
         },
         Err(VectorError::CollectionNotFound(_)) => {
-            let name = imgfleet_shared::domain::CollectionName::parse(collection).map_err(AppError::invalid)?;
+            let name = imgfleet_core::domain::CollectionName::parse(collection).map_err(AppError::invalid)?;
             let spec = CollectionSpec { name, vector_size: dim.unwrap_or(app.default_vector_size), distance: Distance::Cosine };
             match app.vectors.create_collection(&spec).await {
                 Ok(()) | Err(VectorError::CollectionExists(_)) => Ok(()),

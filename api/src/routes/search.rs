@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use imgfleet_shared::domain::{SearchHit, SearchQuery};
-use imgfleet_shared::filter::FilterExpr;
-use imgfleet_shared::http::image_input::decode_image;
-use imgfleet_shared::ports::EncoderError;
-use imgfleet_shared::ports::encoder::check_text_lengths;
+use imgfleet_core::domain::{SearchHit, SearchQuery};
+use imgfleet_core::filter::FilterExpr;
+use imgfleet_imaging::upload::decode_image;
+use imgfleet_core::ports::EncoderError;
+use imgfleet_core::ports::encoder::check_text_lengths;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -164,7 +164,7 @@ pub async fn search(State(app): State<AppState>, ApiJson(body): ApiJson<SearchRe
     Ok(Json(hits))
 }
 
-fn encoder(app: &AppState) -> AppResult<std::sync::Arc<dyn imgfleet_shared::ports::Encoder>> {
+fn encoder(app: &AppState) -> AppResult<std::sync::Arc<dyn imgfleet_core::ports::Encoder>> {
     app.encoder.clone().ok_or_else(|| {
         AppError::unavailable("this server has no CLIP model loaded; search by text or image needs one (search by embedding or like_id works)")
     })

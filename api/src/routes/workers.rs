@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use imgfleet_shared::workers::WorkerStatus;
+use imgfleet_core::workers::WorkerStatus;
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use imgfleet_shared::domain::RgbImage;
-use imgfleet_shared::ports::{Encoder, EncoderError};
+use imgfleet_core::domain::RgbImage;
+use imgfleet_core::ports::{Encoder, EncoderError};
 
 #[async_trait]
 pub trait EncoderFixture: Send + Sync {

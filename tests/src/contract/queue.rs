@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imgfleet_shared::metrics::PIPELINE;
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{Settle, WorkQueue};
+use imgfleet_core::metrics::PIPELINE;
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{Settle, WorkQueue};
 
 #[async_trait]
 pub trait QueueFixture: Send + Sync {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imgfleet_shared::domain::{ItemOutcome, JobRecord, JobStatus};
-use imgfleet_shared::ports::state::{MAX_JOB_LOG_LINES, MAX_LOG_LINE_CHARS};
-use imgfleet_shared::ports::{Claim, DedupEntry, StateError, StateStore};
+use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus};
+use imgfleet_core::ports::state::{MAX_JOB_LOG_LINES, MAX_LOG_LINE_CHARS};
+use imgfleet_core::ports::{Claim, DedupEntry, StateError, StateStore};
 
 #[async_trait]
 pub trait StateFixture: Send + Sync {

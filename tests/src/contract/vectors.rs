@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance, ImagePoint, ListQuery, SearchQuery};
-use imgfleet_shared::filter::{FilterExpr, SortSpec};
-use imgfleet_shared::ports::{VectorError, VectorStore};
+use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance, ImagePoint, ListQuery, SearchQuery};
+use imgfleet_core::filter::{FilterExpr, SortSpec};
+use imgfleet_core::ports::{VectorError, VectorStore};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use imgfleet_shared::domain::RgbImage;
+use imgfleet_core::domain::RgbImage;
 use imgfleet_worker_gpu::clip::{ClipModel, normalise_rows};
-use imgfleet_worker_gpu::model_dir::ModelDir;
+use imgfleet_models::model_dir::ModelDir;
 use tch::{Device, Kind, Tensor};
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -153,8 +153,8 @@ fn offline_hub_miss_says_how_to_give_a_directory() {
 /// random CLIP at the real input size.
 #[test]
 fn cpu_stage_pixels_embed_like_transformers_preprocessing() {
-    use imgfleet_worker_cpu::hash::read_and_hash;
-    use imgfleet_worker_cpu::prepare::{PrepareOptions, prepare, sniff_file};
+    use imgfleet_imaging::hash::read_and_hash;
+    use imgfleet_imaging::prepare::{PrepareOptions, prepare, sniff_file};
     let model = load("clip-tiny-224");
     let refs: HashMap<String, Tensor> =
         Tensor::read_safetensors(fixture("clip-tiny-224").join("reference.safetensors")).unwrap().into_iter().collect();

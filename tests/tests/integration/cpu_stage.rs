@@ -11,14 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use imgfleet_shared::adapters::{FileStateStore, MemoryQueue, MemoryQueueConfig};
-use imgfleet_shared::domain::{ImagePayload, ItemOutcome, JobCounts, JobRecord, JobStatus, point_id_for};
-use imgfleet_shared::messages::{self, FileTask, IndexerInput, PreparedImage, ScanRequest};
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{StateStore, WorkQueue};
-use imgfleet_worker_cpu::hash::sha256_hex;
+use imgfleet_core::stage::Stage as _;
+use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_core::domain::{ImagePayload, ItemOutcome, JobCounts, JobRecord, JobStatus, point_id_for};
+use imgfleet_core::messages::{self, FileTask, IndexerInput, PreparedImage, ScanRequest};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{StateStore, WorkQueue};
+use imgfleet_imaging::hash::sha256_hex;
 use imgfleet_worker_cpu::scan::file_task_id;
-use imgfleet_worker_cpu::{CpuStage, CpuStageConfig, FailureKind, Scanner, SymlinkPolicy};
+use imgfleet_imaging::FailureKind;
+use imgfleet_worker_cpu::{PrepareStage, CpuStageConfig, ScanStage, SymlinkPolicy};
 use tempfile::TempDir;
 
 const COLLECTION: &str = "photos";
@@ -322,8 +324,8 @@ struct Pipeline {
     _state_dir: TempDir,
     queue: Arc<MemoryQueue>,
     state: Arc<dyn StateStore>,
-    scanner: Scanner,
-    cpu: CpuStage,
+    scanner: ScanStage,
+    cpu: PrepareStage,
     stored: HashMap<String, StoredImage>,
 }
 
@@ -352,8 +354,8 @@ impl Pipeline {
             ..MemoryQueueConfig::default()
         }));
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(state_dir.path()).unwrap());
-        let scanner = Scanner::new(queue.clone(), state.clone(), SymlinkPolicy::InsideRoot);
-        let cpu = CpuStage::new(queue.clone(), state.clone(), config).unwrap();
+        let scanner = ScanStage::new(queue.clone(), state.clone(), SymlinkPolicy::InsideRoot);
+        let cpu = PrepareStage::new(queue.clone(), state.clone(), config).unwrap();
         Self { _state_dir: state_dir, queue, state, scanner, cpu, stored: HashMap::new() }
     }
 
@@ -470,7 +472,7 @@ async fn every_file_is_processed_duplicate_or_failed_with_its_reason() {
         assert_eq!(delivery.message_id, file_task_id("job-1", &task.path));
         task_paths.insert(PathBuf::from(&task.path));
         // Back to the queue for the stage: a zero-delay retry.
-        delivery.settle(imgfleet_shared::ports::Settle::Retry(Duration::ZERO)).await.unwrap();
+        delivery.settle(imgfleet_core::ports::Settle::Retry(Duration::ZERO)).await.unwrap();
     }
     let expected_paths: BTreeSet<PathBuf> = corpus.files.iter().map(|(p, _)| p.clone()).collect();
     assert_eq!(task_paths, expected_paths);
@@ -598,7 +600,7 @@ async fn a_dead_workers_claim_is_taken_back_by_its_task_at_once_and_stored_once(
     let ttl = Duration::from_secs(60);
     let task = pipeline.queue.fetch(Stream::Files, 1, Duration::from_secs(1)).await.unwrap().pop().unwrap();
     let file_task: FileTask = messages::decode(&task.payload).unwrap();
-    let owner = imgfleet_worker_cpu::stage::task_owner(&file_task.job_id, &file_task.path);
+    let owner = imgfleet_worker_cpu::prepare::task_owner(&file_task.job_id, &file_task.path);
     assert!(pipeline.state.claim(COLLECTION, &sha, &owner, ttl, None).await.unwrap().is_acquired());
     let claimed_at = Instant::now();
     drop(task); // dies unsettled: the queue delivers it again after its ack wait
@@ -612,7 +614,7 @@ async fn a_dead_workers_claim_is_taken_back_by_its_task_at_once_and_stored_once(
     assert_eq!(pipeline.stored.values().next().unwrap().upserts, 1);
     assert_eq!(
         pipeline.state.dedup_entry(COLLECTION, &sha).await.unwrap(),
-        Some(imgfleet_shared::ports::DedupEntry::Done { point_id: point_id_for(&sha).to_string() })
+        Some(imgfleet_core::ports::DedupEntry::Done { point_id: point_id_for(&sha).to_string() })
     );
 
     // Worker A's original delivery comes back (a replay): the content is done, so it is a
@@ -649,7 +651,7 @@ async fn an_interrupted_scan_resumes_with_its_unsettled_files_and_only_new_ones(
     assert_eq!(fresh.deliveries, 1, "a fresh request: interruptions do not add up to max deliveries");
     let request: ScanRequest = messages::decode(&fresh.payload).unwrap();
     assert!(request.only_new && request.resumes == 1, "{request:?}");
-    pipeline.scanner.handle(fresh).await;
+    pipeline.scanner.handle_one(fresh, &imgfleet_core::stage::Stop::never()).await;
     assert_eq!(pipeline.queue.depth(Stream::Files).await.unwrap().pending, 10, "the walk published only the seven new files");
 
     let job = pipeline.finish("job-resume").await;
@@ -686,8 +688,8 @@ const MAX_MEAN_ABS_DIFF_PNG: f64 = 0.1;
 
 #[test]
 fn prepared_pixels_are_close_to_transformers() {
-    use imgfleet_worker_cpu::hash::read_and_hash;
-    use imgfleet_worker_cpu::prepare::{PrepareOptions, prepare, sniff_file};
+    use imgfleet_imaging::hash::read_and_hash;
+    use imgfleet_imaging::prepare::{PrepareOptions, prepare, sniff_file};
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cpu_stage");
     let reference = |name: &str| image::open(fixtures.join(name)).unwrap().into_rgb8().into_raw();
     let prepared = |name: &str| {

@@ -21,11 +21,11 @@ mod given_up {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use imgfleet_shared::adapters::{FileStateStore, MemoryQueue, MemoryQueueConfig};
-    use imgfleet_shared::domain::{JobRecord, JobStatus};
-    use imgfleet_shared::messages::{self, FileTask};
-    use imgfleet_shared::names::Stream;
-    use imgfleet_shared::ports::{StateStore, WorkQueue};
+    use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
+    use imgfleet_core::domain::{JobRecord, JobStatus};
+    use imgfleet_core::messages::{self, FileTask};
+    use imgfleet_core::names::Stream;
+    use imgfleet_core::ports::{StateStore, WorkQueue};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_never_settled_fails_with_a_reason_and_the_job_completes() {
@@ -33,7 +33,7 @@ mod given_up {
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir.path()).unwrap());
         let ack_wait = Duration::from_millis(100);
         let q = MemoryQueue::new(MemoryQueueConfig { ack_wait, max_deliver: 3, ..MemoryQueueConfig::default() });
-        q.on_given_up(imgfleet_shared::job_status::given_up_hook(state.clone()));
+        q.on_given_up(imgfleet_core::job_status::given_up_hook(state.clone()));
 
         state.create_job(&JobRecord::new("job-poison".into(), "images".into(), "/photos".into())).await.unwrap();
         state.set_job_status("job-poison", JobStatus::Running, None).await.unwrap();

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get;
 use base64::Engine as _;
-use imgfleet_shared::domain::{Capabilities, Distance, RgbImage};
-use imgfleet_shared::http::{ApiKeys, ServerLimits};
-use imgfleet_shared::ports::{Encoder, EncoderError};
+use imgfleet_core::domain::{Capabilities, Distance, RgbImage};
+use imgfleet_http::{ApiKeys, ServerLimits};
+use imgfleet_core::ports::{Encoder, EncoderError};
 use imgfleet_tests::contract::vectors::{point, spec, vec4};
 use imgfleet_tests::harness::ApiServer;
 use imgfleet_worker_gpu::http::{MlState, router};
@@ -33,7 +33,7 @@ async fn serve_test_router(limits: ServerLimits) -> (std::net::SocketAddr, tokio
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        imgfleet_shared::http::server::serve(listener, router, limits, async {
+        imgfleet_http::server::serve(listener, router, limits, async {
             let _ = stopped.await;
         })
         .await

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use imgfleet_shared::domain::RgbImage;
-use imgfleet_shared::ports::Encoder;
+use imgfleet_core::domain::RgbImage;
+use imgfleet_core::ports::Encoder;
 use imgfleet_tests::contract::encoder::{EncoderFixture, picture};
 use imgfleet_worker_gpu::http::{MlState, router};
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder};
@@ -81,7 +81,7 @@ async fn serve() -> MlServer {
 
 async fn serve_with(blip: Option<&str>) -> MlServer {
     let encoder = encoder_with(4, blip).await;
-    let state = MlState::new(Arc::clone(&encoder) as Arc<dyn Encoder>, imgfleet_shared::http::ApiKeys::default(), 64_000_000);
+    let state = MlState::new(Arc::clone(&encoder) as Arc<dyn Encoder>, imgfleet_http::ApiKeys::default(), 64_000_000);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state, 2 * 1024 * 1024)).await.unwrap() });

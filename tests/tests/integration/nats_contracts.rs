@@ -12,9 +12,9 @@ mod adapter {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use imgfleet_shared::adapters::{NatsQueue, NatsQueueConfig};
-    use imgfleet_shared::names::Stream;
-    use imgfleet_shared::ports::{QueueError, Settle, WorkQueue};
+    use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
+    use imgfleet_core::names::Stream;
+    use imgfleet_core::ports::{QueueError, Settle, WorkQueue};
     use imgfleet_tests::nats_server::{NatsFixture, NatsServer, ACK_WAIT, MAX_DELIVER};
 
     const S: Stream = Stream::Files;
@@ -289,11 +289,11 @@ mod keepalive_and_rpc {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use imgfleet_shared::adapters::NatsEncoder;
-    use imgfleet_shared::adapters::nats_encoder::serve_encoder;
-    use imgfleet_shared::domain::RgbImage;
-    use imgfleet_shared::names::Stream;
-    use imgfleet_shared::ports::{Encoder, EncoderError, WorkQueue};
+    use imgfleet_fleet::NatsEncoder;
+    use imgfleet_fleet::nats_encoder::serve_encoder;
+    use imgfleet_core::domain::RgbImage;
+    use imgfleet_core::names::Stream;
+    use imgfleet_core::ports::{Encoder, EncoderError, WorkQueue};
     use imgfleet_tests::harness::fixture_models;
     use imgfleet_tests::nats_server::{ACK_WAIT, NatsFixture};
     use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder};
@@ -394,11 +394,11 @@ mod given_up {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use imgfleet_shared::adapters::FileStateStore;
-    use imgfleet_shared::domain::{JobRecord, JobStatus};
-    use imgfleet_shared::messages::{self, FileTask};
-    use imgfleet_shared::names::Stream;
-    use imgfleet_shared::ports::{StateStore, WorkQueue};
+    use imgfleet_embedded::FileStateStore;
+    use imgfleet_core::domain::{JobRecord, JobStatus};
+    use imgfleet_core::messages::{self, FileTask};
+    use imgfleet_core::names::Stream;
+    use imgfleet_core::ports::{StateStore, WorkQueue};
     use imgfleet_tests::nats_server::{ACK_WAIT, NatsFixture};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +407,7 @@ mod given_up {
         let q = f.connect().await;
         let dir = tempfile::tempdir().unwrap();
         let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(dir.path()).unwrap());
-        imgfleet_shared::config::account_given_up(&q, state.clone());
+        imgfleet_fleet::connect::account_given_up(&q, state.clone());
 
         let job = JobRecord::new("job-poison".into(), "images".into(), "/photos".into());
         state.create_job(&job).await.unwrap();

@@ -7,11 +7,11 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use imgfleet_shared::domain::ImagePoint;
+use imgfleet_core::domain::ImagePoint;
 use imgfleet_tests::contract::vectors::vec4;
 use imgfleet_tests::harness::{ApiOptions, ApiServer};
-use imgfleet_worker_cpu::hash::read_and_hash;
-use imgfleet_worker_cpu::prepare::{PrepareOptions, prepare, sniff_file};
+use imgfleet_imaging::hash::read_and_hash;
+use imgfleet_imaging::prepare::{PrepareOptions, prepare, sniff_file};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 

@@ -8,7 +8,7 @@ use imgfleet_worker_gpu::blip::BlipModel;
 use imgfleet_worker_gpu::clip::ClipModel;
 use imgfleet_worker_gpu::fidelity::{greedy_agreement, min_row_cosine};
 use imgfleet_worker_gpu::generate::GenerationParams;
-use imgfleet_worker_gpu::model_dir::ModelDir;
+use imgfleet_models::model_dir::ModelDir;
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::fixture;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imgfleet_shared::adapters::QdrantVectorStore;
-use imgfleet_shared::ports::{VectorError, VectorStore};
+use imgfleet_fleet::QdrantVectorStore;
+use imgfleet_core::ports::{VectorError, VectorStore};
 use imgfleet_tests::contract::vectors::VectorFixture;
 use imgfleet_tests::qdrant_server::QdrantServer;
 
@@ -99,12 +99,14 @@ mod qdrant_server_outage {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use imgfleet_api::indexer::{Indexer, IndexerConfig};
-    use imgfleet_shared::adapters::{FileStateStore, MemoryQueue, MemoryQueueConfig, QdrantVectorStore};
-    use imgfleet_shared::domain::{CollectionName, CollectionSpec, Distance, ImagePayload, JobRecord, SCHEMA_VERSION};
-    use imgfleet_shared::messages::{self, EncodedImage};
-    use imgfleet_shared::names::Stream;
-    use imgfleet_shared::ports::{Claim, StateStore, VectorStore, WorkQueue};
+    use imgfleet_core::stage::Stage as _;
+    use imgfleet_indexer::{IndexConfig, IndexStage};
+    use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
+    use imgfleet_fleet::QdrantVectorStore;
+    use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance, ImagePayload, JobRecord, SCHEMA_VERSION};
+    use imgfleet_core::messages::{self, EncodedImage};
+    use imgfleet_core::names::Stream;
+    use imgfleet_core::ports::{Claim, StateStore, VectorStore, WorkQueue};
     use imgfleet_tests::qdrant_server::QdrantServer;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,8 +137,8 @@ mod qdrant_server_outage {
         queue.publish(Stream::Encoded, "enc-1", messages::encode(&image)).await.unwrap();
 
         server.kill();
-        let config = IndexerConfig { max_deliver: 1, retry_base: Duration::from_millis(50), ..IndexerConfig::default() };
-        let indexer = Indexer::new(queue.clone(), state.clone(), vectors.clone(), config);
+        let config = IndexConfig { max_deliver: 1, retry_base: Duration::from_millis(50), ..IndexConfig::default() };
+        let indexer = IndexStage::new(queue.clone(), state.clone(), vectors.clone(), config);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let running = tokio::spawn(async move { indexer.run(stop).await });
         // Longer than the queue's ack wait: only the progress notes keep the delivery.

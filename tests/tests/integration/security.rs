@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgfleet_shared::adapters::{FileStateStore, MemoryQueue, MemoryQueueConfig, NatsQueue, NatsQueueConfig};
-use imgfleet_shared::domain::{JobRecord, JobStatus};
-use imgfleet_shared::messages::{self, ScanRequest};
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{StateStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
+use imgfleet_core::domain::{JobRecord, JobStatus};
+use imgfleet_core::messages::{self, ScanRequest};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{StateStore, WorkQueue};
 use imgfleet_tests::harness::{ApiServer, fixture_models, workspace_binary};
 use imgfleet_tests::nats_server::NatsServer;
-use imgfleet_worker_cpu::{Scanner, SymlinkPolicy};
+use imgfleet_worker_cpu::{ScanStage, SymlinkPolicy};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -150,7 +152,7 @@ async fn a_scan_request_outside_the_workers_roots_fails_its_job_and_reads_nothin
     std::fs::write(elsewhere.path().join("secret.jpg"), b"\xff\xd8\xff not really").unwrap();
     let queue = Arc::new(MemoryQueue::new(MemoryQueueConfig::default()));
     let state: Arc<dyn StateStore> = Arc::new(FileStateStore::open(state_dir.path()).unwrap());
-    let scanner = Scanner::new(queue.clone(), state.clone(), SymlinkPolicy::InsideRoot)
+    let scanner = ScanStage::new(queue.clone(), state.clone(), SymlinkPolicy::InsideRoot)
         .with_ingest_roots(&[allowed.path().to_owned()])
         .unwrap();
     // A link inside the root that leads out is outside too.

@@ -342,9 +342,9 @@ mod full_disk {
     /// panic, never a damaged file), reads go on, and writes work again once space is made.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_state_file_refuses_writes_on_a_full_disk_and_recovers() {
-        use imgfleet_shared::adapters::FileStateStore;
-        use imgfleet_shared::domain::JobRecord;
-        use imgfleet_shared::ports::{StateError, StateStore};
+        use imgfleet_embedded::FileStateStore;
+        use imgfleet_core::domain::JobRecord;
+        use imgfleet_core::ports::{StateError, StateStore};
 
         let disk = SmallDisk::mount(16);
         let store = FileStateStore::open(disk.path()).unwrap();

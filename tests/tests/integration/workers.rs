@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use imgfleet_shared::workers::{HEARTBEAT_INTERVAL, MISSED_HEARTBEATS};
+use imgfleet_core::workers::{HEARTBEAT_INTERVAL, MISSED_HEARTBEATS};
 use imgfleet_tests::checks::{self, get};
 use imgfleet_tests::fleet::{Fleet, FleetOptions, Worker, metric_sum, wait_for_job};
 use imgfleet_tests::harness::ChildProcess;
@@ -168,7 +168,7 @@ fn max_pending(conf: &str) -> u64 {
 #[test]
 fn nats_holds_the_largest_pull_of_prepared_images() {
     let largest_pull = imgfleet_worker_gpu::runtime::MAX_PROBED_BATCH as u64
-        * imgfleet_worker_cpu::prepare::prepared_message_bound(224, 384) as u64;
+        * imgfleet_imaging::prepare::prepared_message_bound(224, 384) as u64;
     let local = imgfleet_tests::nats_server::nats_conf();
     let deployed = local.parent().unwrap().join("deploy/k8s/nats/nats.conf");
     for conf in [local, deployed] {

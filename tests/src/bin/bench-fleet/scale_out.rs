@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imgfleet_shared::adapters::{NatsQueue, NatsQueueConfig, RedisStateStore};
-use imgfleet_shared::domain::{Capabilities, RgbImage};
-use imgfleet_shared::names::Stream;
-use imgfleet_shared::ports::{DeadLetter, Delivery, Encoder, EncoderError, PublishAck, QueueDepth, QueueError, StateStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_fleet::{NatsQueue, NatsQueueConfig, RedisStateStore};
+use imgfleet_core::domain::{Capabilities, RgbImage};
+use imgfleet_core::names::Stream;
+use imgfleet_core::ports::{DeadLetter, Delivery, Encoder, EncoderError, PublishAck, QueueDepth, QueueError, StateStore, WorkQueue};
 use imgfleet_tests::fleet::Fleet;
-use imgfleet_worker_gpu::stage::{EncoderStage, EncoderStageConfig};
+use imgfleet_worker_gpu::encode::{EncodeStage, EncodeConfig};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -204,9 +205,9 @@ impl Workers {
             });
             let state: Arc<dyn StateStore> = Arc::new(RedisStateStore::connect(&fleet.redis.url(), "imgfleet").await?);
             let encoder: Arc<dyn Encoder> = Arc::new(SimulatedEncoder::new(simulation.latency, simulation.batch, simulation.dim, timeline.clone()));
-            let stage = EncoderStage::new(queue, state, encoder, EncoderStageConfig::default());
+            let stage = EncodeStage::new(queue, state, encoder, EncodeConfig::default());
             let announcer = stage.announcer(format!("sim-{run}-{n}"));
-            tasks.push(tokio::spawn(imgfleet_shared::adapters::nats_workers::announce(client, announcer, stopped.clone())));
+            tasks.push(tokio::spawn(imgfleet_fleet::nats_workers::announce(client, announcer, stopped.clone())));
             let stopped = stopped.clone();
             tasks.push(tokio::spawn(async move { stage.run(stopped).await }));
         }
