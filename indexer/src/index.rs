@@ -31,7 +31,7 @@ use imgfleet_core::ports::{
     Delivery, Settle, StateStore, VectorError, VectorStore, WorkQueue, publish_attempt,
 };
 use async_trait::async_trait;
-use imgfleet_core::stage::{Stage, StageError, Stop, wait_out};
+use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop, wait_out};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -433,28 +433,12 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
 
 #[async_trait]
 impl Stage for IndexStage {
-    fn name(&self) -> &'static str {
-        "index"
+    fn spec(&self) -> StageSpec {
+        StageSpec { name: "index", input: Stream::Encoded, batch: self.config.batch, fetch_wait: self.config.fetch_wait, fetch_retry: self.config.retry_delay(1) }
     }
 
     fn queue(&self) -> &dyn WorkQueue {
         self.queue.as_ref()
-    }
-
-    fn input(&self) -> Stream {
-        Stream::Encoded
-    }
-
-    fn batch(&self) -> usize {
-        self.config.batch
-    }
-
-    fn fetch_wait(&self) -> Duration {
-        self.config.fetch_wait
-    }
-
-    fn fetch_retry(&self) -> Duration {
-        self.config.retry_delay(1)
     }
 
     async fn handle(&self, deliveries: Vec<Delivery>, stop: &Stop) {

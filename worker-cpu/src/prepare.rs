@@ -33,7 +33,7 @@ use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::messages::{self, DuplicatePath, FileTask, PreparedImage};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Claim, Delivery, QueueError, Settle, StateStore, WorkQueue, publish_attempt};
-use imgfleet_core::stage::{Stage, StageError, Stop, wait_out};
+use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop, wait_out};
 use imgfleet_core::workers::WorkerRegistry;
 use tracing::{debug, info, warn};
 
@@ -254,28 +254,12 @@ impl PrepareStage {
 
 #[async_trait]
 impl Stage for PrepareStage {
-    fn name(&self) -> &'static str {
-        "prepare"
+    fn spec(&self) -> StageSpec {
+        StageSpec { name: "prepare", input: Stream::Files, batch: self.config.batch, fetch_wait: self.config.fetch_wait(), fetch_retry: self.config.retry_delay(1) }
     }
 
     fn queue(&self) -> &dyn WorkQueue {
         self.queue.as_ref()
-    }
-
-    fn input(&self) -> Stream {
-        Stream::Files
-    }
-
-    fn batch(&self) -> usize {
-        self.config.batch
-    }
-
-    fn fetch_wait(&self) -> Duration {
-        self.config.fetch_wait()
-    }
-
-    fn fetch_retry(&self) -> Duration {
-        self.config.retry_delay(1)
     }
 
     /// Nothing while the encoders have no room for more prepared images (back to the driver,

@@ -12,7 +12,7 @@ use imgfleet_core::domain::JobStatus;
 use imgfleet_core::messages::{self, FileTask, ScanRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
-use imgfleet_core::stage::{Stage, StageError, Stop};
+use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -288,29 +288,13 @@ impl ScanStage {
 
 #[async_trait]
 impl Stage for ScanStage {
-    fn name(&self) -> &'static str {
-        "scan"
+    /// One request at a time: a walk is long.
+    fn spec(&self) -> StageSpec {
+        StageSpec { name: "scan", input: Stream::Scan, batch: 1, fetch_wait: self.fetch_wait, fetch_retry: self.retry_delay }
     }
 
     fn queue(&self) -> &dyn WorkQueue {
         self.queue.as_ref()
-    }
-
-    fn input(&self) -> Stream {
-        Stream::Scan
-    }
-
-    /// One request at a time: a walk is long.
-    fn batch(&self) -> usize {
-        1
-    }
-
-    fn fetch_wait(&self) -> Duration {
-        self.fetch_wait
-    }
-
-    fn fetch_retry(&self) -> Duration {
-        self.retry_delay
     }
 
     async fn handle(&self, deliveries: Vec<Delivery>, stop: &Stop) {

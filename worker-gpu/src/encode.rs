@@ -20,7 +20,7 @@ use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::names::Stream;
 use async_trait::async_trait;
 use imgfleet_core::ports::{Delivery, Encoder, EncoderError, QueueError, Settle, StateStore, WorkQueue, publish_attempt};
-use imgfleet_core::stage::{Stage, StageError, Stop};
+use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop};
 use tracing::{debug, info, warn};
 
 /// Message id of the encoded image of `sha256` made under the claim `token` (the attempt, as
@@ -353,28 +353,12 @@ impl EncodeStage {
 
 #[async_trait]
 impl Stage for EncodeStage {
-    fn name(&self) -> &'static str {
-        "encode"
+    fn spec(&self) -> StageSpec {
+        StageSpec { name: "encode", input: Stream::Prepared, batch: self.batch, fetch_wait: self.config.fetch_wait, fetch_retry: self.config.retry_delay(1) }
     }
 
     fn queue(&self) -> &dyn WorkQueue {
         self.queue.as_ref()
-    }
-
-    fn input(&self) -> Stream {
-        Stream::Prepared
-    }
-
-    fn batch(&self) -> usize {
-        self.batch
-    }
-
-    fn fetch_wait(&self) -> Duration {
-        self.config.fetch_wait
-    }
-
-    fn fetch_retry(&self) -> Duration {
-        self.config.retry_delay(1)
     }
 
     /// A batch, filled while images keep coming: it stops at the linger, or when none came

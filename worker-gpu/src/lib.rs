@@ -1,12 +1,13 @@
 //! imgfleet-worker-gpu: CLIP embeddings and BLIP captions in `tch`, a dedicated
 //! model thread behind the `Encoder` port, the seed's ML inference API, and (given a NATS
-//! URL) the fleet's encoder stage and search responder.
+//! URL) the fleet's encode stage ([`encode`]) and search responder.
 
 pub mod bench;
 pub mod bench_search;
 pub mod blip;
 pub mod clip;
 pub mod config;
+pub mod encode;
 pub mod fidelity;
 pub mod generate;
 pub mod http;
@@ -15,7 +16,6 @@ pub mod layers;
 pub mod precision;
 pub mod preprocess;
 pub mod runtime;
-pub mod encode;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use imgfleet_fleet::FleetProcess;
 
 pub use crate::config::GpuWorkerConfig;
 use crate::runtime::{RuntimeOptions, TchEncoder, parse_device};
-use crate::encode::{EncodeStage, EncodeConfig};
+use crate::encode::{EncodeConfig, EncodeStage};
 
 const NAME: &str = "imgfleet-worker-gpu";
 /// How long stopping waits for the current batch to be encoded and settled.

@@ -89,34 +89,35 @@ pub async fn wait_out<'a>(stage: &str, deliveries: impl Iterator<Item = &'a Deli
     !stop.is_set()
 }
 
-/// One stage of the pipeline. Implementors give the stream, the batch and [`Stage::handle`];
-/// the driver ([`Stage::run`], [`Stage::run_batch`]) is the same for all.
+/// What the driver needs to know of a stage.
+#[derive(Debug, Clone, Copy)]
+pub struct StageSpec {
+    /// The stage's name in logs: scan, prepare, encode or index.
+    pub name: &'static str,
+    /// The stream it reads.
+    pub input: Stream,
+    /// Most deliveries it fetches at once.
+    pub batch: usize,
+    /// Longest wait for a batch before the driver looks for a stop again.
+    pub fetch_wait: Duration,
+    /// Pause after fetching failed.
+    pub fetch_retry: Duration,
+}
+
+/// One stage of the pipeline. Implementors give their [`StageSpec`], their queue and
+/// [`Stage::handle`]; the driver ([`Stage::run`], [`Stage::run_batch`]) is the same for all.
 #[async_trait]
 pub trait Stage: Send + Sync {
-    /// The stage's name in logs: scan, prepare, encode or index.
-    fn name(&self) -> &'static str;
+    fn spec(&self) -> StageSpec;
 
     /// The queue it reads.
     fn queue(&self) -> &dyn WorkQueue;
 
-    /// The stream it reads.
-    fn input(&self) -> Stream;
-
-    /// Most deliveries it fetches at once.
-    fn batch(&self) -> usize;
-
-    /// Longest wait for a batch before the driver looks for a stop again.
-    fn fetch_wait(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-
-    /// Pause after fetching failed.
-    fn fetch_retry(&self) -> Duration;
-
     /// The next batch, waiting at most `wait` for its first delivery; empty when none came.
     /// Stages override it to hold back (the next stage has no room) or to fill a batch.
     async fn fetch(&self, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
-        self.queue().fetch(self.input(), self.batch(), wait).await
+        let spec = self.spec();
+        self.queue().fetch(spec.input, spec.batch, wait).await
     }
 
     /// Handles one batch (never empty), settling every delivery in it, whatever happens.
@@ -131,14 +132,15 @@ pub trait Stage: Send + Sync {
     /// abandoned mid-way; waits inside a batch end early and hand their deliveries back).
     async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let stop = Stop::watching(shutdown.clone());
-        info!(stage = self.name(), batch = self.batch(), "stage started");
+        let spec = self.spec();
+        info!(stage = spec.name, batch = spec.batch, "stage started");
         while !*shutdown.borrow_and_update() {
-            match run_once(self, self.fetch_wait(), &stop).await {
+            match run_once(self, spec.fetch_wait, &stop).await {
                 Ok(_) => {}
                 Err(QueueError::Closed) => return,
                 Err(e) => {
-                    warn!(stage = self.name(), error = %e, "fetching failed");
-                    tokio::time::sleep(self.fetch_retry()).await;
+                    warn!(stage = spec.name, error = %e, "fetching failed");
+                    tokio::time::sleep(spec.fetch_retry).await;
                 }
             }
         }
