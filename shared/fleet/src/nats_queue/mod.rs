@@ -31,148 +31,36 @@
 //!
 //! Every call is bounded by `request_timeout`: while the server is down, calls fail with
 //! [`QueueError::Unavailable`] instead of hanging, and the client reconnects by itself.
+//!
+//! Files: the queue, its fetch and settling here; the settings and the streams and consumers
+//! they make on the server in `setup`; dead letters (recording, the max-deliveries advisories,
+//! reading them back) in `dead_letters`.
 
-use std::collections::{HashMap, VecDeque};
+mod dead_letters;
+mod setup;
+
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::header::NATS_MESSAGE_ID;
-use async_nats::jetstream::consumer::pull::Config as PullConfig;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage as Publish;
-use async_nats::jetstream::stream::{
-    Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType,
-};
 use async_nats::jetstream::{self, AckKind, Context, ContextBuilder};
 use async_nats::{Client, ConnectOptions};
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use imgfleet_core::names::{
-    Stream, DEAD_LETTER_QUEUE_GROUP, DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECTS,
-};
-use imgfleet_core::ports::queue::{
-    DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue,
-};
+use imgfleet_core::names::{DEAD_LETTER_STREAM, Stream};
+use imgfleet_core::ports::queue::{DeadLetter, Delivery, PublishAck, QueueDepth, QueueError, Settle, Settler, WorkQueue};
 
-/// How the adapter connects and how it configures the streams and consumers.
-#[derive(Debug, Clone)]
-pub struct NatsQueueConfig {
-    /// Server URL, e.g. `nats://nats:4222`; several (a cluster) separated by commas.
-    pub url: String,
-    /// Connection name shown by the server's monitoring.
-    pub name: Option<String>,
-    /// A delivery not settled within this is delivered again.
-    pub ack_wait: Duration,
-    /// After this many deliveries a message is dead-lettered instead.
-    pub max_deliver: u32,
-    /// A message id published again within this window is dropped.
-    pub duplicate_window: Duration,
-    /// Deliveries of a stream in flight at once, over all its workers (workers × batch).
-    pub max_ack_pending: u32,
-    /// [`Self::max_ack_pending`] for some streams.
-    pub max_ack_pending_per_stream: Vec<(Stream, u32)>,
-    /// Bytes a work stream may hold; publishes fail (`Unavailable`) beyond it. `None`: no limit
-    /// but the server's `max_file_store`.
-    pub max_stream_bytes: Option<u64>,
-    /// Replicas of every stream (1, or 3 on a three-node cluster).
-    pub replicas: usize,
-    /// Dead letters kept per work stream (newest).
-    pub dead_letter_capacity: u64,
-    /// Dead letters older than this are dropped; zero keeps them.
-    pub dead_letter_max_age: Duration,
-    /// Record the dead letters of deliveries never settled (max-deliveries advisories).
-    pub handle_max_deliveries_advisories: bool,
-    /// Bound of every call to the server (connect excepted): publish and its ack, settle, depth.
-    pub request_timeout: Duration,
-    /// Bound of the first connection.
-    pub connect_timeout: Duration,
-    /// Longest wait between two reconnection attempts.
-    pub max_reconnect_delay: Duration,
-}
+use dead_letters::spawn_advisory_handler;
+use setup::{create_or_update_stream, ensure_lane};
 
-impl NatsQueueConfig {
-    /// The defaults (as `imgfleet_embedded::MemoryQueueConfig`'s) for a server.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            name: None,
-            ack_wait: Duration::from_secs(60),
-            max_deliver: 5,
-            duplicate_window: Duration::from_secs(120),
-            max_ack_pending: 1000,
-            max_ack_pending_per_stream: Vec::new(),
-            max_stream_bytes: None,
-            replicas: 1,
-            dead_letter_capacity: 10_000,
-            dead_letter_max_age: Duration::from_secs(30 * 24 * 3600),
-            handle_max_deliveries_advisories: true,
-            request_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            max_reconnect_delay: Duration::from_secs(2),
-        }
-    }
-
-    fn max_ack_pending_of(&self, stream: Stream) -> u32 {
-        self.max_ack_pending_per_stream
-            .iter()
-            .find(|(s, _)| *s == stream)
-            .map_or(self.max_ack_pending, |&(_, n)| n)
-    }
-
-    fn work_stream(&self, stream: Stream) -> StreamConfig {
-        StreamConfig {
-            name: stream.name().to_owned(),
-            subjects: vec![stream.subject().to_owned()],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            num_replicas: self.replicas,
-            duplicate_window: self.duplicate_window,
-            max_bytes: self.max_stream_bytes.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-            max_messages: -1,
-            max_messages_per_subject: -1,
-            // A full work queue refuses work rather than dropping queued work.
-            discard: DiscardPolicy::New,
-            max_consumers: -1,
-            ..Default::default()
-        }
-    }
-
-    fn dead_letter_stream(&self) -> StreamConfig {
-        StreamConfig {
-            name: DEAD_LETTER_STREAM.to_owned(),
-            subjects: vec![DEAD_LETTER_SUBJECTS.to_owned()],
-            retention: RetentionPolicy::Limits,
-            storage: StorageType::File,
-            num_replicas: self.replicas,
-            duplicate_window: self.duplicate_window,
-            max_messages_per_subject: i64::try_from(self.dead_letter_capacity).unwrap_or(i64::MAX),
-            max_messages: -1,
-            max_bytes: -1,
-            max_age: self.dead_letter_max_age,
-            discard: DiscardPolicy::Old,
-            max_consumers: -1,
-            ..Default::default()
-        }
-    }
-
-    fn consumer(&self, stream: Stream) -> PullConfig {
-        PullConfig {
-            durable_name: Some(stream.consumer().to_owned()),
-            description: Some(format!("imgfleet {} workers", stream.label())),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_deliver: i64::from(self.max_deliver),
-            max_ack_pending: i64::from(self.max_ack_pending_of(stream)),
-            ..Default::default()
-        }
-    }
-}
+pub use setup::NatsQueueConfig;
 
 /// Records how long a message waited in `stream`, from the server's publish time (nanoseconds
 /// since the epoch) to now; a clock behind the server's counts as no wait.
@@ -180,18 +68,6 @@ fn observe_queue_wait(stream: Stream, published_nanos: i128) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
     let waited = (now - published_nanos).max(0) as f64 / 1e9;
     imgfleet_core::metrics::PIPELINE.queue_wait_seconds.with_label_values(&[stream.label()]).observe(waited);
-}
-
-/// A dead letter as stored in [`DEAD_LETTER_STREAM`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct DeadLetterRecord {
-    /// JetStream name of the work stream.
-    stream: String,
-    message_id: String,
-    stream_sequence: u64,
-    deliveries: u32,
-    reason: String,
-    at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The durable consumer of one work stream.
@@ -320,41 +196,6 @@ impl Drop for NatsQueue {
     fn drop(&mut self) {
         if let Some(task) = self.advisories.take() {
             task.abort();
-        }
-    }
-}
-
-/// Creates the stream or updates it to `config`; retried, since a process racing us may create
-/// it between our update (not found) and our create.
-async fn create_or_update_stream(js: &Context, config: &StreamConfig) -> Result<(), QueueError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match js.create_or_update_stream(config.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(e) if attempt < 4 => {
-                tracing::debug!(stream = %config.name, "create or update stream, attempt {attempt}: {e}");
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => return Err(classify(&format!("create or update stream {}", config.name), e)),
-        }
-    }
-}
-
-/// Creates or updates one work stream and its durable consumer.
-async fn ensure_lane(js: &Context, config: &NatsQueueConfig, stream: Stream) -> Result<Lane, QueueError> {
-    create_or_update_stream(js, &config.work_stream(stream)).await?;
-    let handle = js.get_stream_no_info(stream.name()).await.map_err(|e| internal("stream handle", e))?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match handle.create_consumer(config.consumer(stream)).await {
-            Ok(consumer) => return Ok(Lane { stream: handle, consumer }),
-            Err(e) if attempt < 4 => {
-                tracing::debug!(consumer = stream.consumer(), "create or update consumer, attempt {attempt}: {e}");
-                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-            }
-            Err(e) => return Err(classify(&format!("create or update consumer {}", stream.consumer()), e)),
         }
     }
 }
@@ -537,136 +378,6 @@ impl Shared {
         };
         Delivery::new(stream, message_id, Vec::from(message.payload), deliveries, Box::new(settler))
     }
-
-    /// Records a dead letter (published with a message id derived from the stream sequence, so
-    /// recording the same message twice within the duplicate window stores it once).
-    async fn record_dead_letter(
-        &self,
-        stream: Stream,
-        message_id: &str,
-        sequence: u64,
-        deliveries: u32,
-        reason: &str,
-    ) -> Result<(), QueueError> {
-        let record = DeadLetterRecord {
-            stream: stream.name().to_owned(),
-            message_id: message_id.to_owned(),
-            stream_sequence: sequence,
-            deliveries,
-            reason: reason.to_owned(),
-            at: chrono::Utc::now(),
-        };
-        let payload = serde_json::to_vec(&record).map_err(|e| internal("dead letter", e))?;
-        let publish = Publish::build().payload(payload.into()).message_id(format!("{}.{sequence}", stream.name()));
-        let attempt = async { self.js.send_publish(stream.dead_letter_subject(), publish).await?.await };
-        match tokio::time::timeout(self.config.request_timeout, attempt).await {
-            Ok(Ok(ack)) => {
-                if !ack.duplicate {
-                    imgfleet_core::metrics::PIPELINE.dead_letters.with_label_values(&[stream.label()]).inc();
-                }
-                Ok(())
-            }
-            Ok(Err(e)) => Err(classify("record dead letter", e)),
-            Err(_) => Err(QueueError::Unavailable("record dead letter: timed out".into())),
-        }
-    }
-
-    /// A max-deliveries advisory: the server gave up on `sequence`; record it and delete it from
-    /// the work stream (where JetStream would keep it forever).
-    async fn dead_letter_given_up(&self, stream: Stream, sequence: u64, deliveries: u32) -> Result<(), QueueError> {
-        let lane = self.lane(stream);
-        let message = match tokio::time::timeout(self.config.request_timeout, lane.stream.get_raw_message(sequence)).await {
-            Err(_) => return Err(QueueError::Unavailable("get given-up message: timed out".into())),
-            Ok(Ok(message)) => message,
-            Ok(Err(e)) => {
-                // Settled in the meantime (a late ack or term), or already handled.
-                tracing::debug!(stream = stream.name(), sequence, "given-up message is gone: {e}");
-                return Ok(());
-            }
-        };
-        let message_id = message
-            .headers
-            .get(NATS_MESSAGE_ID)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_else(|| format!("seq-{sequence}"));
-        let reason = format!("not settled after {deliveries} deliveries");
-        let hook = self.given_up.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(hook) = hook {
-            // A few tries: the advisory is not sent again.
-            let mut delay = Duration::from_millis(500);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match hook(stream, message.payload.to_vec(), reason.clone()).await {
-                    Ok(()) => break,
-                    Err(e) if attempt < 8 => {
-                        tracing::warn!(stream = stream.name(), message_id, "accounting for a given-up message failed, retrying: {e}");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => return Err(QueueError::Unavailable(format!("accounting for given-up {message_id}: {e}"))),
-                }
-            }
-        }
-        self.record_dead_letter(stream, &message_id, sequence, deliveries, &reason).await?;
-        match tokio::time::timeout(self.config.request_timeout, lane.stream.delete_message(sequence)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(stream = stream.name(), sequence, "delete given-up message: {e}"),
-            Err(_) => tracing::warn!(stream = stream.name(), sequence, "delete given-up message: timed out"),
-        }
-        tracing::warn!(stream = stream.name(), message_id, deliveries, "dead letter: {reason}");
-        Ok(())
-    }
-
-    /// Dead letters of `stream` among the sequences from `start`, the newest `limit` of them
-    /// (oldest first), read with an ephemeral consumer filtered on the stream's subject.
-    async fn scan_dead_letters(&self, stream: Stream, start: u64, limit: usize) -> Result<VecDeque<DeadLetter>, QueueError> {
-        let config = PullConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start.max(1) },
-            ack_policy: AckPolicy::None,
-            filter_subject: stream.dead_letter_subject().to_owned(),
-            inactive_threshold: Duration::from_secs(30),
-            memory_storage: true,
-            ..Default::default()
-        };
-        let consumer: PullConsumer =
-            match tokio::time::timeout(self.config.request_timeout, self.dead.create_consumer(config)).await {
-                Err(_) => return Err(QueueError::Unavailable("read dead letters: timed out".into())),
-                Ok(Err(e)) => return Err(classify("read dead letters", e)),
-                Ok(Ok(consumer)) => consumer,
-            };
-        let name = consumer.cached_info().name.clone();
-        let lane = Lane { stream: self.dead.clone(), consumer };
-        const PAGE: usize = 256;
-        let mut newest = VecDeque::with_capacity(limit.min(PAGE) + 1);
-        let result = loop {
-            let page = match self.pull(&lane, Pull::Drain(PAGE)).await {
-                Ok(page) => page,
-                Err(e) => break Err(e),
-            };
-            let full = page.len() == PAGE;
-            for message in page {
-                let Ok(record) = serde_json::from_slice::<DeadLetterRecord>(&message.payload) else {
-                    tracing::warn!("unreadable dead-letter record in {DEAD_LETTER_STREAM}");
-                    continue;
-                };
-                if newest.len() == limit {
-                    newest.pop_front();
-                }
-                newest.push_back(DeadLetter {
-                    stream,
-                    message_id: record.message_id,
-                    deliveries: record.deliveries,
-                    reason: record.reason,
-                });
-            }
-            if !full {
-                break Ok(newest);
-            }
-        };
-        let _ = tokio::time::timeout(self.config.request_timeout, self.dead.delete_consumer(&name)).await;
-        result
-    }
 }
 
 struct NatsSettler {
@@ -725,47 +436,6 @@ impl Settler for NatsSettler {
             Settle::Terminate(reason) => self.terminate(&reason).await,
         }
     }
-}
-
-/// The max-deliveries advisory, the fields we read.
-#[derive(Deserialize)]
-struct MaxDeliveriesAdvisory {
-    stream: String,
-    stream_seq: u64,
-    deliveries: u64,
-}
-
-async fn spawn_advisory_handler(shared: Arc<Shared>) -> Result<JoinHandle<()>, QueueError> {
-    let mut subscriptions = Vec::new();
-    for stream in Stream::ALL {
-        let subscription = shared
-            .client
-            .queue_subscribe(stream.max_deliveries_advisory(), DEAD_LETTER_QUEUE_GROUP.to_owned())
-            .await
-            .map_err(|e| classify("subscribe to max-deliveries advisories", e))?;
-        subscriptions.push(subscription);
-    }
-    // The subscriptions are registered once the server has seen them.
-    let _ = tokio::time::timeout(shared.config.request_timeout, shared.client.flush()).await;
-    let mut advisories = futures::stream::select_all(subscriptions);
-    Ok(tokio::spawn(async move {
-        while let Some(message) = advisories.next().await {
-            let advisory = match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("unreadable max-deliveries advisory: {e}");
-                    continue;
-                }
-            };
-            let Some(stream) = Stream::ALL.into_iter().find(|s| s.name() == advisory.stream) else {
-                continue;
-            };
-            let deliveries = u32::try_from(advisory.deliveries).unwrap_or(u32::MAX);
-            if let Err(e) = shared.dead_letter_given_up(stream, advisory.stream_seq, deliveries).await {
-                tracing::warn!(stream = stream.name(), sequence = advisory.stream_seq, "dead letter not recorded: {e}");
-            }
-        }
-    }))
 }
 
 #[async_trait]
@@ -875,51 +545,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streams_and_consumers_use_the_shared_names() {
-        let config = NatsQueueConfig {
-            max_ack_pending_per_stream: vec![(Stream::Prepared, 32)],
-            ..NatsQueueConfig::new("nats://localhost:4222")
-        };
-        for stream in Stream::ALL {
-            let s = config.work_stream(stream);
-            assert_eq!((s.name.as_str(), s.subjects.as_slice()), (stream.name(), [stream.subject().to_owned()].as_slice()));
-            assert_eq!(s.retention, RetentionPolicy::WorkQueue);
-            assert_eq!(s.storage, StorageType::File);
-            assert_eq!(s.duplicate_window, config.duplicate_window);
-            let c = config.consumer(stream);
-            assert_eq!(c.durable_name.as_deref(), Some(stream.consumer()));
-            assert_eq!(c.ack_policy, AckPolicy::Explicit);
-            assert_eq!((c.ack_wait, c.max_deliver), (config.ack_wait, 5));
-            let expected = if stream == Stream::Prepared { 32 } else { 1000 };
-            assert_eq!(c.max_ack_pending, expected);
-        }
-        let dead = config.dead_letter_stream();
-        assert_eq!((dead.name.as_str(), dead.retention), (DEAD_LETTER_STREAM, RetentionPolicy::Limits));
-        assert_eq!(dead.subjects, [DEAD_LETTER_SUBJECTS]);
-        assert_eq!(dead.max_messages_per_subject, 10_000);
-    }
-
-    #[test]
     fn connection_trouble_is_unavailable_refusals_are_internal() {
         assert!(matches!(classify("x", "timed out"), QueueError::Unavailable(_)));
         assert!(matches!(classify("x", "requested JetStream resource does not exist"), QueueError::Unavailable(_)));
         assert!(matches!(classify("x", "stream name already in use with a different configuration"), QueueError::Internal(_)));
         assert!(may_be_missing(&QueueError::Unavailable("publish: no responders (stream missing?)".into())));
         assert!(!may_be_missing(&QueueError::Unavailable("publish: timed out".into())));
-    }
-
-    #[test]
-    fn dead_letter_records_round_trip() {
-        let record = DeadLetterRecord {
-            stream: Stream::Files.name().into(),
-            message_id: "m".into(),
-            stream_sequence: 7,
-            deliveries: 3,
-            reason: "bad".into(),
-            at: chrono::Utc::now(),
-        };
-        let json = serde_json::to_vec(&record).unwrap();
-        let back: DeadLetterRecord = serde_json::from_slice(&json).unwrap();
-        assert_eq!((back.message_id, back.stream_sequence, back.deliveries), ("m".to_owned(), 7, 3));
     }
 }
