@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod fleet;
 pub mod harness;
 pub mod nats_server;
+pub mod process;
 pub mod prometheus_server;
 pub mod qdrant_server;
 pub mod redis_server;

@@ -3,12 +3,13 @@
 //! only its scrape targets (and intervals) rewritten, killed on drop. Also `promtool`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::process::{free_port, http_ok, wait_ready};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -182,42 +183,10 @@ fn spawn(dir: &Path, port: u16) -> Result<Child, String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run prometheus: {e}"))?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(format!("prometheus exited with {status}: {}", tail.join(" | ")));
-        }
-        if ready(port) {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("prometheus was not ready on port {port} within {START_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Whether `GET /-/ready` answers 200 (blocking: called while starting, before any runtime work).
-fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
-    if stream.write_all(b"GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 12];
-    stream.read_exact(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.") && &reply[9..12] == b"200"
+    wait_ready(&mut child, &format!("prometheus on port {port}"), &log_path, START_TIMEOUT, Duration::from_millis(100), || {
+        http_ok(port, "/-/ready", &[])
+    })?;
+    Ok(child)
 }
 
 #[cfg(test)]

@@ -6,13 +6,13 @@
 //! saying how to provide it, and scripts/test skips them (counted as skipped) when it has none.
 //! Nothing outside the tests uses this: users deploy Qdrant their own way.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::process::{free_port, http_ok, listening, wait_ready};
 
 /// How long a start may take before the test fails (a restart replays the WAL).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -133,44 +133,9 @@ fn spawn(http_port: u16, grpc_port: u16, api_key: &str, dir: &Path) -> Result<Ch
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(format!("qdrant exited with {status}: {}", tail.join(" | ")));
-        }
-        if ready(http_port, api_key) && listening(grpc_port) {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("qdrant was not ready on port {http_port} within {START_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn listening(port: u16) -> bool {
-    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
-}
-
-/// Whether `GET /readyz` on `port` answers 200.
-fn ready(port: u16, api_key: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
-    let request = format!("GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\napi-key: {api_key}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 12];
-    stream.read_exact(&mut reply).is_ok() && reply.starts_with(b"HTTP/1.") && &reply[9..12] == b"200"
+    let what = format!("qdrant on ports {http_port}/{grpc_port}");
+    wait_ready(&mut child, &what, &log_path, START_TIMEOUT, Duration::from_millis(50), || {
+        http_ok(http_port, "/readyz", &[&format!("api-key: {api_key}")]) && listening(grpc_port)
+    })?;
+    Ok(child)
 }

@@ -5,7 +5,7 @@
 //! `scripts/setup` installs); `IMGFLEET_REDIS_SERVER` names another one.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use imgfleet_core::ports::StateStore;
 use tempfile::TempDir;
 
 use crate::contract::state::StateFixture;
+use crate::process::{free_port, wait_ready};
 
 /// How long a start may take before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -140,32 +141,12 @@ fn spawn(port: u16, dir: &Path, durable: bool) -> Result<Child, String> {
                 binary.display()
             )
         })?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            return Err(format!("redis-server exited with {status}: {}", tail.join(" | ")));
-        }
-        if ping(port) {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("redis-server did not answer PING on port {port} within {START_TIMEOUT:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_ready(&mut child, &format!("redis-server on port {port} (PING)"), &log, START_TIMEOUT, Duration::from_millis(20), || ping(port))?;
+    Ok(child)
 }
 
 fn binary() -> PathBuf {
     std::env::var_os("IMGFLEET_REDIS_SERVER").map_or_else(|| PathBuf::from("redis-server"), PathBuf::from)
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// Whether a server on `port` answers `PING` with `+PONG` (not `-LOADING`).
