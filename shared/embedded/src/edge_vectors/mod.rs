@@ -4,10 +4,20 @@
 //! Every qdrant-edge call blocks, so each runs on the blocking pool. A shard directory can be
 //! opened by one process only. HNSW indexes are not built by writes: a background task calls
 //! `optimize()` on collections that were written to and then left quiet for a moment.
+//!
+//! Our filters are translated to the engine's in `filters` ([`filter_json`], the JSON form
+//! shared with the REST API), what comes back is read in `conversions`, and one collection's
+//! shard (opened at start, or set aside when damaged) is in `collection`. This file holds the
+//! store itself: its options and free-disk watermark, the collections, the optimiser and the
+//! port.
+
+mod collection;
+mod conversions;
+mod filters;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -15,33 +25,32 @@ use async_trait::async_trait;
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
     CountRequest, CreateIndex, EdgeConfigBuilder, EdgeShard, EdgeVectorParams, FieldIndexOperations,
-    NamedQuery, OrderBy, Payload, PayloadFieldSchema, PayloadOps, PayloadSchemaType, PointId,
-    PointInsertOperations, PointOperations, PointStruct, QueryEnum, QueryRequest, Record, Sample,
-    ScoredPoint, ScoringQuery, ScrollRequest, SetPayloadOp, UpdateOperation, VectorInternal,
-    VectorStructInternal, Vectors, WithPayloadInterface, WithVector,
+    NamedQuery, OrderBy, Payload, PayloadFieldSchema, PayloadOps, PointId,
+    PointInsertOperations, PointOperations, PointStruct, QueryEnum, Sample,
+    ScoringQuery, ScrollRequest, SetPayloadOp, UpdateOperation, VectorInternal,
+    Vectors, WithPayloadInterface,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use imgfleet_core::domain::{
-    CollectionInfo, CollectionName, CollectionSpec, Distance, ImagePoint, ImageRecord, ListPage,
+    CollectionInfo, CollectionName, CollectionSpec, ImagePoint, ImageRecord, ListPage,
     ListQuery, ScrollPage, SearchHit, SearchQuery,
 };
-use imgfleet_core::filter::{Bound, Condition, FIELDS, FieldType, FilterExpr, Scalar, SortOrder};
+use imgfleet_core::filter::{FIELDS, FilterExpr, SortOrder};
 use imgfleet_core::domain::VECTOR_NAME;
 use imgfleet_core::ports::vectors::{VectorError, VectorStore};
 
+use collection::{Collection, open_or_set_aside};
+use conversions::{dense_vector, edge_distance, page, payload_map, point_uuid, query_request, record, schema_type, scored_record, with_vector};
+use filters::edge_filter;
+
+// The filter translation stays reachable where it was before the split
+// (`imgfleet_embedded::edge_vectors::filter_json`; the fleet's gRPC translation is tested against it).
+pub use filters::filter_json;
+
 /// How long a written collection stays quiet before its indexes are optimised.
 const OPTIMIZE_AFTER_QUIET: Duration = Duration::from_secs(2);
-
-struct Collection {
-    name: String,
-    shard: EdgeShard,
-    vector_size: usize,
-    distance: Distance,
-    /// Written since the last optimisation.
-    dirty: AtomicBool,
-}
 
 pub struct EdgeVectorStore {
     root: PathBuf,
@@ -101,74 +110,6 @@ fn internal(e: impl std::fmt::Display) -> VectorError {
         VectorError::StorageFull(text)
     } else {
         VectorError::Internal(text)
-    }
-}
-
-fn edge_distance(d: Distance) -> qdrant_edge::Distance {
-    match d {
-        Distance::Cosine => qdrant_edge::Distance::Cosine,
-        Distance::Dot => qdrant_edge::Distance::Dot,
-        Distance::Euclid => qdrant_edge::Distance::Euclid,
-        Distance::Manhattan => qdrant_edge::Distance::Manhattan,
-    }
-}
-
-fn our_distance(d: qdrant_edge::Distance) -> Distance {
-    match d {
-        qdrant_edge::Distance::Cosine => Distance::Cosine,
-        qdrant_edge::Distance::Dot => Distance::Dot,
-        qdrant_edge::Distance::Euclid => Distance::Euclid,
-        qdrant_edge::Distance::Manhattan => Distance::Manhattan,
-    }
-}
-
-fn schema_type(ty: FieldType) -> PayloadSchemaType {
-    match ty {
-        FieldType::Keyword => PayloadSchemaType::Keyword,
-        FieldType::Integer => PayloadSchemaType::Integer,
-        FieldType::Float => PayloadSchemaType::Float,
-        FieldType::Datetime => PayloadSchemaType::Datetime,
-        FieldType::Text => PayloadSchemaType::Text,
-    }
-}
-
-impl Collection {
-    fn open(path: &Path, name: &str) -> Result<Self, VectorError> {
-        let shard = EdgeShard::load(path, None)
-            .map_err(|e| VectorError::Unavailable(format!("cannot open collection {name:?} at {}: {e}", path.display())))?;
-        let (vector_size, distance) = {
-            let config = shard.config();
-            let params = config.vectors.get(VECTOR_NAME).ok_or_else(|| {
-                VectorError::Internal(format!("collection {name:?} has no {VECTOR_NAME:?} vector"))
-            })?;
-            (params.size, our_distance(params.distance))
-        };
-        Ok(Self { name: name.to_owned(), shard, vector_size, distance, dirty: AtomicBool::new(false) })
-    }
-
-    fn info(&self) -> Result<CollectionInfo, VectorError> {
-        let points = self.shard.count(CountRequest { filter: None, exact: true }).map_err(internal)?;
-        Ok(CollectionInfo {
-            name: self.name.clone(),
-            vector_size: self.vector_size,
-            distance: self.distance,
-            points: points as u64,
-        })
-    }
-
-    fn check_vector(&self, vector: &[f32]) -> Result<(), VectorError> {
-        if vector.len() != self.vector_size {
-            return Err(VectorError::Invalid(format!(
-                "vector has {} dimensions; collection {:?} holds {}-dimensional vectors",
-                vector.len(),
-                self.name,
-                self.vector_size
-            )));
-        }
-        if let Some(i) = vector.iter().position(|v| !v.is_finite()) {
-            return Err(VectorError::Invalid(format!("vector element {i} is not a finite number")));
-        }
-        Ok(())
     }
 }
 
@@ -275,57 +216,6 @@ impl EdgeVectorStore {
     }
 }
 
-/// Opens a collection found at start. One that cannot be read (damaged files, a panic in the
-/// engine) is logged and moved to `<data dir>/damaged/<name>-<time>`, so the server starts and
-/// the other collections work; `None` then. Another process holding it is still an error.
-fn open_or_set_aside(data_dir: &Path, path: &Path, name: &str) -> Result<Option<Collection>, VectorError> {
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| open_when_free(path, name)));
-    let error = match opened {
-        Ok(Ok(collection)) => return Ok(Some(collection)),
-        Ok(Err(VectorError::Unavailable(message))) if message.contains("WouldBlock") => {
-            return Err(VectorError::Unavailable(format!(
-                "collection {name:?} is open in another process ({message}); a data directory belongs to one process"
-            )));
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(panic) => panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "the engine panicked".into()),
-    };
-    let aside = data_dir.join("damaged").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
-    let moved = std::fs::create_dir_all(aside.parent().expect("has a parent")).and_then(|()| std::fs::rename(path, &aside));
-    match moved {
-        Ok(()) => tracing::error!(collection = name, error, moved_to = %aside.display(), "a collection cannot be opened; it was set aside"),
-        Err(e) => {
-            return Err(VectorError::Unavailable(format!(
-                "collection {name:?} cannot be opened ({error}) nor moved aside to {}: {e}",
-                aside.display()
-            )));
-        }
-    }
-    Ok(None)
-}
-
-/// How long opening waits for a shard's lock to be given back.
-const OPEN_LOCK_WAIT: Duration = Duration::from_secs(10);
-
-/// Opens a collection, waiting a little while its write-ahead log is locked: a store of this
-/// process that was just dropped can still be finishing a background optimisation, and it
-/// gives the lock back when that ends. Another process holding it still fails, after the wait.
-fn open_when_free(path: &Path, name: &str) -> Result<Collection, VectorError> {
-    let deadline = std::time::Instant::now() + OPEN_LOCK_WAIT;
-    loop {
-        match Collection::open(path, name) {
-            Err(VectorError::Unavailable(message)) if message.contains("WouldBlock") && std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
-}
-
 fn spawn_optimizer(store: Weak<EdgeVectorStore>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     runtime.spawn(async move {
@@ -351,113 +241,6 @@ fn spawn_optimizer(store: Weak<EdgeVectorStore>) {
             }
         }
     });
-}
-
-// ---- filters ----
-
-fn scalar_json(s: &Scalar) -> Value {
-    match s {
-        Scalar::Str(s) => json!(s),
-        Scalar::Int(i) => json!(i),
-    }
-}
-
-fn bound_json(b: &Option<Bound>) -> Value {
-    match b {
-        None => Value::Null,
-        Some(Bound::Number(n)) => json!(n),
-        Some(Bound::Datetime(t)) => json!(t.to_rfc3339()),
-    }
-}
-
-/// Our filter as a Qdrant filter (its JSON form, shared with the REST API).
-pub fn filter_json(expr: &FilterExpr) -> Value {
-    match expr {
-        FilterExpr::All(parts) => json!({"must": parts.iter().map(filter_json).collect::<Vec<_>>()}),
-        FilterExpr::Any(parts) => json!({"should": parts.iter().map(filter_json).collect::<Vec<_>>()}),
-        FilterExpr::Not(inner) => json!({"must_not": [filter_json(inner)]}),
-        FilterExpr::Field { field, cond } => {
-            let condition = match cond {
-                Condition::Eq(v) => json!({"key": field.key, "match": {"value": scalar_json(v)}}),
-                Condition::AnyOf(vs) => {
-                    json!({"key": field.key, "match": {"any": vs.iter().map(scalar_json).collect::<Vec<_>>()}})
-                }
-                Condition::Text(t) => json!({"key": field.key, "match": {"text": t}}),
-                Condition::Range(r) => {
-                    let mut range = Map::new();
-                    for (op, b) in [("gt", &r.gt), ("gte", &r.gte), ("lt", &r.lt), ("lte", &r.lte)] {
-                        if b.is_some() {
-                            range.insert(op.into(), bound_json(b));
-                        }
-                    }
-                    json!({"key": field.key, "range": range})
-                }
-            };
-            json!({"must": [condition]})
-        }
-    }
-}
-
-fn edge_filter(expr: Option<&FilterExpr>) -> Result<Option<qdrant_edge::Filter>, VectorError> {
-    expr.map(|e| serde_json::from_value(filter_json(e)).map_err(|e| internal(format!("filter translation: {e}"))))
-        .transpose()
-}
-
-// ---- conversions ----
-
-fn point_uuid(id: &PointId) -> Result<Uuid, VectorError> {
-    match id {
-        PointId::Uuid(u) => Ok(*u),
-        PointId::NumId(n) => Err(internal(format!("unexpected numeric point id {n}"))),
-    }
-}
-
-fn payload_map(payload: Option<Payload>) -> Map<String, Value> {
-    payload.map(|p| p.0.into_iter().collect()).unwrap_or_default()
-}
-
-fn dense_vector(vector: Option<VectorStructInternal>) -> Option<Vec<f32>> {
-    match vector? {
-        VectorStructInternal::Single(v) => Some(v),
-        VectorStructInternal::Named(mut named) => match named.remove(VECTOR_NAME)? {
-            VectorInternal::Dense(v) => Some(v),
-            _ => None,
-        },
-        VectorStructInternal::MultiDense(_) => None,
-    }
-}
-
-fn record(r: Record) -> Result<ImageRecord, VectorError> {
-    Ok(ImageRecord { id: point_uuid(&r.id)?, payload: payload_map(r.payload), vector: dense_vector(r.vector) })
-}
-
-fn scored_record(p: ScoredPoint) -> Result<ImageRecord, VectorError> {
-    Ok(ImageRecord { id: point_uuid(&p.id)?, payload: payload_map(p.payload), vector: dense_vector(p.vector) })
-}
-
-fn with_vector(yes: bool) -> WithVector {
-    WithVector::Bool(yes)
-}
-
-/// A query for `limit` results after `offset`. The engine answers the first `offset + limit`
-/// (its caller is expected to cut the offset), so ask for that and cut here: see [`page`].
-fn query_request(query: Option<ScoringQuery>, filter: Option<qdrant_edge::Filter>, limit: usize, offset: usize, vectors: bool) -> QueryRequest {
-    QueryRequest {
-        prefetches: vec![],
-        query,
-        filter,
-        score_threshold: None,
-        limit: offset.saturating_add(limit),
-        offset: 0,
-        params: None,
-        with_vector: with_vector(vectors),
-        with_payload: WithPayloadInterface::Bool(true),
-    }
-}
-
-/// Drops the first `offset` results of a [`query_request`].
-fn page(points: Vec<ScoredPoint>, offset: usize) -> impl Iterator<Item = ScoredPoint> {
-    points.into_iter().skip(offset)
 }
 
 #[async_trait]
@@ -717,28 +500,5 @@ impl VectorStore for EdgeVectorStore {
             c.shard.query(request).map_err(internal)?.into_iter().map(scored_record).collect()
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use imgfleet_core::filter::FilterExpr;
-
-    #[test]
-    fn filters_translate_to_qdrant_json() {
-        let expr = FilterExpr::parse(&json!({
-            "format": "png",
-            "any": [{"width": {"gte": 10}}, {"not": {"camera_make": ["A", "B"]}}],
-            "caption": "dog",
-            "taken_at": {"lt": "2024-01-01"}
-        }))
-        .unwrap()
-        .unwrap();
-        let parsed: qdrant_edge::Filter = serde_json::from_value(filter_json(&expr)).expect("valid qdrant filter");
-        let text = format!("{parsed:?}");
-        for needle in ["format", "width", "camera_make", "caption", "taken_at"] {
-            assert!(text.contains(needle), "{needle} missing from {text}");
-        }
     }
 }

@@ -8,197 +8,41 @@
 //! [`StateError::StorageFull`]; redb then refuses every write until the file is reopened, which
 //! the writer thread does by itself (after the readers of the old handle are done), so writes
 //! work again as soon as space is back.
+//!
+//! The file's tables, their keys and how records are stored in them are in `tables`; the writer
+//! thread that group-commits every write, and how a call gets into a read or write transaction,
+//! in `writer`. This file holds the store: opening the file, and the port.
 
-use std::path::{Path, PathBuf};
+mod tables;
+mod writer;
+
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadableTable};
 
 use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus, now_rfc3339};
 use imgfleet_core::ports::state::{
     Claim, DedupEntry, MAX_JOB_LOG_LINES, StateError, StateStore, clip_log_line, new_token, token_generation,
 };
 
-/// `collection \x1f sha256` → JSON [`StoredDedup`].
-const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
-/// Dedup generations: `""` for every collection, else the collection name → generation. A
-/// collection's generation is the sum of the two (both only grow).
-const GENERATIONS: TableDefinition<&str, u64> = TableDefinition::new("dedup_generations");
-/// `job_id` → JSON [`JobRecord`].
-const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
-/// `created_at \x1f job_id` → `job_id`, for newest-first listing.
-const JOBS_BY_TIME: TableDefinition<&str, &str> = TableDefinition::new("jobs_by_time");
-/// `job_id` → `()`: jobs not ended yet.
-const ACTIVE_JOBS: TableDefinition<&str, ()> = TableDefinition::new("active_jobs");
-/// `finished ms (20 digits) \x1f job_id` → `job_id`: ended jobs, oldest first, for the purge.
-const FINISHED_JOBS: TableDefinition<&str, &str> = TableDefinition::new("finished_jobs");
-/// `job_id` → the bytes of a job record that could not be read, set aside.
-const DAMAGED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("damaged_jobs");
-/// `job_id \x1f item` → bit flags ([`DISCOVERED`], [`SETTLED`]).
-const JOB_ITEMS: TableDefinition<&str, u8> = TableDefinition::new("job_items");
-const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+use tables::{
+    ACTIVE_COLLECTION, ACTIVE_JOBS, DAMAGED_JOBS, DEDUP, DISCOVERED, FINISHED_JOBS, GENERATIONS, JOB_ITEMS, JOBS, JOBS_BY_TIME,
+    SEP, SETTINGS, SETTLED, StoredDedup, finished_key, flag_item, generation, key2, load_job, read_dedup, readable, save_job,
+    save_job_status, upgrade_layout, write_dedup,
+};
+use writer::{DbSlot, WriteRequest, write_loop};
 
-const DISCOVERED: u8 = 1;
-const SETTLED: u8 = 2;
-const SEP: char = '\u{1f}';
-const ACTIVE_COLLECTION: &str = "active_collection";
-/// Settings key of the layout version; 2 added the active / finished job indexes.
-const LAYOUT: &str = "layout";
-const CURRENT_LAYOUT: &str = "2";
 /// Jobs deleted per purge transaction.
 const PURGE_BATCH: usize = 100;
-
-#[derive(Debug, Serialize, Deserialize)]
-enum StoredDedup {
-    Claimed {
-        owner: String,
-        expires_at_ms: u64,
-        #[serde(default)]
-        token: String,
-    },
-    Done {
-        point_id: String,
-        #[serde(default)]
-        token: String,
-    },
-}
-
-/// The open database, replaced when redb asks to be reopened after an I/O error.
-struct DbSlot {
-    path: PathBuf,
-    db: RwLock<Option<Arc<Database>>>,
-}
-
-impl DbSlot {
-    fn get(&self) -> Result<Arc<Database>, StateError> {
-        self.db
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| StateError::Unavailable("the state file is being reopened after a write error".into()))
-    }
-
-    /// Closes the database once its readers are done and opens it again (redb refuses every
-    /// write after an I/O error until then). Blocking; called by the writer thread only.
-    fn reopen(&self) -> Result<(), StateError> {
-        let old = self.db.write().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(old) = old {
-            // Readers hold clones for the length of one read transaction.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            let mut old = old;
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        drop(db);
-                        break;
-                    }
-                    Err(still_shared) if std::time::Instant::now() < deadline => {
-                        old = still_shared;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(still_shared) => {
-                        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(still_shared);
-                        return Err(StateError::Unavailable("the state file is still in use; cannot reopen it yet".into()));
-                    }
-                }
-            }
-        }
-        let db = Database::create(&self.path).map_err(internal)?;
-        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
-        tracing::info!(path = %self.path.display(), "state file reopened after a write error");
-        Ok(())
-    }
-}
 
 pub struct FileStateStore {
     slot: Arc<DbSlot>,
     /// Write requests for the writer thread; `None` once closed.
     writes: Mutex<Option<std::sync::mpsc::Sender<WriteRequest>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// One caller's mutation: `run` executes it inside the shared write transaction and says
-/// whether it failed after possibly changing something (the group must then be rolled back);
-/// `finish` answers the caller once the transaction has ended (or was never started).
-struct WriteRequest {
-    /// Must be on disk when the caller hears back (everything but dedup claims, which are
-    /// leases voided at every start).
-    durable: bool,
-    run: Box<dyn FnOnce(&redb::WriteTransaction) -> bool + Send>,
-    finish: Box<dyn FnOnce(Option<StateError>) + Send>,
-}
-
-/// Most callers' writes committed together.
-const MAX_WRITES_PER_COMMIT: usize = 512;
-
-/// The writer thread: group commit. Every write waiting when a transaction starts joins it, so
-/// under load one fsync covers hundreds of claims and counter updates, and a lone write still
-/// commits at once.
-fn write_loop(slot: Arc<DbSlot>, requests: std::sync::mpsc::Receiver<WriteRequest>) {
-    let mut needs_reopen = false;
-    while let Ok(first) = requests.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_WRITES_PER_COMMIT {
-            match requests.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        if needs_reopen {
-            match slot.reopen() {
-                Ok(()) => needs_reopen = false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reopening the state file failed; writes fail until it works");
-                    for request in group {
-                        (request.finish)(Some(e.clone()));
-                    }
-                    continue;
-                }
-            }
-        }
-        let durable = group.iter().any(|r| r.durable);
-        let txn = match slot.get().and_then(|db| db.begin_write().map_err(internal)) {
-            Ok(mut txn) => {
-                if !durable {
-                    // Claims only: skip the fsync. The next durable commit persists them too.
-                    let _ = txn.set_durability(redb::Durability::None);
-                }
-                txn
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = group.len(), "cannot start a state transaction");
-                needs_reopen |= wants_reopen(&e);
-                for request in group {
-                    (request.finish)(Some(e.clone()));
-                }
-                continue;
-            }
-        };
-        let mut finishes = Vec::with_capacity(group.len());
-        let mut failed_midway = false;
-        for request in group {
-            failed_midway |= (request.run)(&txn);
-            finishes.push(request.finish);
-        }
-        let outcome = if failed_midway {
-            let _ = txn.abort();
-            Some(StateError::Internal("a state write failed midway; its transaction was rolled back, retry".into()))
-        } else {
-            txn.commit().err().map(internal)
-        };
-        if let Some(e) = &outcome {
-            needs_reopen |= wants_reopen(e);
-            if matches!(e, StateError::StorageFull(_)) {
-                tracing::error!(error = %e, "the disk under the state file is full; writes fail until space is made");
-            }
-        }
-        for finish in finishes {
-            finish(outcome.clone());
-        }
-    }
 }
 
 /// A redb (or I/O) error as the port's error: a full disk is `StorageFull`, an I/O error that
@@ -214,21 +58,8 @@ fn internal(e: impl std::fmt::Display) -> StateError {
     }
 }
 
-/// Whether redb needs the file reopened before it writes again.
-fn wants_reopen(e: &StateError) -> bool {
-    matches!(e, StateError::StorageFull(_) | StateError::Unavailable(_))
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn key2(a: &str, b: &str) -> String {
-    format!("{a}{SEP}{b}")
-}
-
-fn finished_key(finished_ms: u64, job_id: &str) -> String {
-    format!("{finished_ms:020}{SEP}{job_id}")
 }
 
 impl FileStateStore {
@@ -301,84 +132,6 @@ impl FileStateStore {
         })
         .await
     }
-
-    pub fn path(&self) -> &Path {
-        &self.slot.path
-    }
-
-    /// Runs `f` in a write transaction on the writer thread, together with the other writes
-    /// waiting then (group commit), and returns its result once that transaction is durable.
-    /// `f` must check before it changes anything: an `Err` other than `Internal` /
-    /// `StorageFull` leaves the shared transaction as it found it; those roll the group back.
-    async fn write<T, F>(&self, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
-    {
-        self.write_with(true, f).await
-    }
-
-    /// [`Self::write`] for dedup claims: not fsync'd by itself (a claim is a lease, and every
-    /// embedded start voids the claims of the run before), persisted by the next durable
-    /// commit. A crash can only lose such a claim, which the restart would void anyway.
-    async fn write_lease<T, F>(&self, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
-    {
-        self.write_with(false, f).await
-    }
-
-    async fn write_with<T, F>(&self, durable: bool, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::WriteTransaction) -> Result<T, StateError> + Send + 'static,
-    {
-        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, StateError>>();
-        let result: Arc<Mutex<Option<Result<T, StateError>>>> = Arc::new(Mutex::new(None));
-        let written = Arc::clone(&result);
-        let run = Box::new(move |txn: &redb::WriteTransaction| {
-            let out = f(txn);
-            let failed_midway = matches!(out, Err(StateError::Internal(_) | StateError::StorageFull(_)));
-            *written.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
-            failed_midway
-        });
-        let finish = Box::new(move |ended: Option<StateError>| {
-            let out = result.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let _ = reply.send(match (ended, out) {
-                // The caller's own error (e.g. a full disk) says more than the group's.
-                (Some(_), Some(Err(own @ StateError::StorageFull(_)))) => Err(own),
-                (Some(e), _) => Err(e),
-                (None, Some(out)) => out,
-                (None, None) => Err(StateError::Unavailable("the state write did not run".into())),
-            });
-        });
-        let request = WriteRequest { durable, run, finish };
-        {
-            let writes = self.writes.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = writes.as_ref().ok_or_else(|| StateError::Unavailable("the state store is closed".into()))?;
-            sender
-                .send(request)
-                .map_err(|_| StateError::Unavailable("the state writer thread has stopped".into()))?;
-        }
-        answer
-            .await
-            .map_err(|_| StateError::Unavailable("the state store could not start a transaction".into()))?
-    }
-
-    async fn read<T, F>(&self, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&redb::ReadTransaction) -> Result<T, StateError> + Send + 'static,
-    {
-        let db = self.slot.get()?;
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read().map_err(internal)?;
-            f(&txn)
-        })
-        .await
-        .map_err(internal)?
-    }
 }
 
 impl Drop for FileStateStore {
@@ -390,131 +143,6 @@ impl Drop for FileStateStore {
             let _ = writer.join();
         }
     }
-}
-
-/// Builds the active and finished job indexes of a state file written before they existed
-/// (once: one pass over the jobs at the first start of this version).
-fn upgrade_layout(txn: &redb::WriteTransaction) -> Result<(), StateError> {
-    let mut settings = txn.open_table(SETTINGS).map_err(internal)?;
-    if settings.get(LAYOUT).map_err(internal)?.is_some_and(|v| v.value() == CURRENT_LAYOUT) {
-        return Ok(());
-    }
-    let jobs = txn.open_table(JOBS).map_err(internal)?;
-    let mut active = txn.open_table(ACTIVE_JOBS).map_err(internal)?;
-    let mut finished = txn.open_table(FINISHED_JOBS).map_err(internal)?;
-    for entry in jobs.iter().map_err(internal)? {
-        let (id, bytes) = entry.map_err(internal)?;
-        let Ok(job) = serde_json::from_slice::<JobRecord>(bytes.value()) else { continue };
-        if job.status.is_final() {
-            let at = job.finished_at.as_deref().map_or(0, rfc3339_ms);
-            finished.insert(finished_key(at, id.value()).as_str(), id.value()).map_err(internal)?;
-        } else {
-            active.insert(id.value(), ()).map_err(internal)?;
-        }
-    }
-    settings.insert(LAYOUT, CURRENT_LAYOUT).map_err(internal)?;
-    Ok(())
-}
-
-fn rfc3339_ms(text: &str) -> u64 {
-    chrono::DateTime::parse_from_rfc3339(text).map_or(0, |t| t.timestamp_millis().max(0) as u64)
-}
-
-/// The job record of `job_id`. One that cannot be read is logged and set aside (moved to
-/// `damaged_jobs`, out of the indexes), and is then reported as not found: it never fails the
-/// other writes of its transaction group.
-fn load_job(txn: &redb::WriteTransaction, job_id: &str) -> Result<JobRecord, StateError> {
-    let bytes = {
-        let table = txn.open_table(JOBS).map_err(internal)?;
-        let found = table.get(job_id).map_err(internal)?;
-        found.ok_or_else(|| StateError::JobNotFound(job_id.to_owned()))?.value().to_vec()
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(job) => Ok(job),
-        Err(e) => {
-            tracing::error!(job_id, error = %e, "a job record cannot be read; it is set aside (table damaged_jobs)");
-            txn.open_table(DAMAGED_JOBS).map_err(internal)?.insert(job_id, bytes.as_slice()).map_err(internal)?;
-            txn.open_table(JOBS).map_err(internal)?.remove(job_id).map_err(internal)?;
-            txn.open_table(ACTIVE_JOBS).map_err(internal)?.remove(job_id).map_err(internal)?;
-            Err(StateError::JobNotFound(job_id.to_owned()))
-        }
-    }
-}
-
-fn save_job(txn: &redb::WriteTransaction, job: &JobRecord) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec(job).map_err(internal)?;
-    let mut table = txn.open_table(JOBS).map_err(internal)?;
-    table.insert(job.job_id.as_str(), bytes.as_slice()).map_err(internal)?;
-    Ok(())
-}
-
-/// Saves a job whose status may have changed, keeping the active / finished indexes in step.
-fn save_job_status(txn: &redb::WriteTransaction, job: &JobRecord, was_final: bool) -> Result<(), StateError> {
-    save_job(txn, job)?;
-    if job.status.is_final() && !was_final {
-        txn.open_table(ACTIVE_JOBS).map_err(internal)?.remove(job.job_id.as_str()).map_err(internal)?;
-        let key = finished_key(now_ms(), &job.job_id);
-        txn.open_table(FINISHED_JOBS).map_err(internal)?.insert(key.as_str(), job.job_id.as_str()).map_err(internal)?;
-    }
-    Ok(())
-}
-
-fn push_log(job: &mut JobRecord, line: &str) {
-    if job.logs.len() >= MAX_JOB_LOG_LINES {
-        let excess = job.logs.len() + 1 - MAX_JOB_LOG_LINES;
-        job.logs.drain(..excess);
-    }
-    job.logs.push(clip_log_line(line));
-}
-
-fn apply_status(job: &mut JobRecord, status: JobStatus, error: Option<String>) {
-    if job.status.is_final() || job.status == status {
-        return;
-    }
-    job.status = status;
-    if status == JobStatus::Running && job.started_at.is_none() {
-        job.started_at = Some(now_rfc3339());
-    }
-    if status.is_final() {
-        job.finished_at = Some(now_rfc3339());
-    }
-    if let Some(error) = error {
-        let error = clip_log_line(&error);
-        push_log(job, &format!("error: {error}"));
-        job.error = Some(error);
-    }
-}
-
-/// Sets `flag` on an item; returns the flags it had before.
-fn flag_item(txn: &redb::WriteTransaction, job_id: &str, item: &str, flag: u8) -> Result<u8, StateError> {
-    let mut items = txn.open_table(JOB_ITEMS).map_err(internal)?;
-    let key = key2(job_id, item);
-    let before = items.get(key.as_str()).map_err(internal)?.map_or(0, |g| g.value());
-    if before | flag != before {
-        items.insert(key.as_str(), before | flag).map_err(internal)?;
-    }
-    Ok(before)
-}
-
-/// The dedup generation of `collection`: the global one plus its own (both only grow, so the
-/// sum moves whenever either does).
-fn generation<T: ReadableTable<&'static str, u64>>(table: &T, collection: &str) -> Result<u64, StateError> {
-    let all = table.get("").map_err(internal)?.map_or(0, |g| g.value());
-    let own = table.get(collection).map_err(internal)?.map_or(0, |g| g.value());
-    Ok(all + own)
-}
-
-fn read_dedup(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<StoredDedup>, StateError> {
-    match table.get(key).map_err(internal)? {
-        Some(g) => serde_json::from_slice(g.value()).map(Some).map_err(internal),
-        None => Ok(None),
-    }
-}
-
-fn write_dedup(table: &mut redb::Table<&str, &[u8]>, key: &str, entry: &StoredDedup) -> Result<(), StateError> {
-    let bytes = serde_json::to_vec(entry).map_err(internal)?;
-    table.insert(key, bytes.as_slice()).map_err(internal)?;
-    Ok(())
 }
 
 #[async_trait]
@@ -853,15 +481,29 @@ impl StateStore for FileStateStore {
     }
 }
 
-/// A stored job record, or `None` (logged) when it cannot be read: a damaged record is left out
-/// of reads; the next write that touches it sets it aside.
-fn readable(job_id: &str, bytes: &[u8]) -> Option<JobRecord> {
-    match serde_json::from_slice(bytes) {
-        Ok(job) => Some(job),
-        Err(e) => {
-            tracing::error!(job_id, error = %e, "a job record cannot be read; it is left out");
-            None
-        }
+fn push_log(job: &mut JobRecord, line: &str) {
+    if job.logs.len() >= MAX_JOB_LOG_LINES {
+        let excess = job.logs.len() + 1 - MAX_JOB_LOG_LINES;
+        job.logs.drain(..excess);
+    }
+    job.logs.push(clip_log_line(line));
+}
+
+fn apply_status(job: &mut JobRecord, status: JobStatus, error: Option<String>) {
+    if job.status.is_final() || job.status == status {
+        return;
+    }
+    job.status = status;
+    if status == JobStatus::Running && job.started_at.is_none() {
+        job.started_at = Some(now_rfc3339());
+    }
+    if status.is_final() {
+        job.finished_at = Some(now_rfc3339());
+    }
+    if let Some(error) = error {
+        let error = clip_log_line(&error);
+        push_log(job, &format!("error: {error}"));
+        job.error = Some(error);
     }
 }
 
