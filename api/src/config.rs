@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use imgfleet_core::secret::Secret;
-use imgfleet_http::auth::{ApiKeys, KeyConfigError, check_exposure};
 use imgfleet_http::ServerLimits;
+use imgfleet_http::auth::{ApiKeys, KeyConfigError, check_exposure};
 
 /// The flag keys are given with, as error messages name it.
 pub const API_KEY_FLAG: &str = "--api-key (IMGFLEET_API_KEYS)";

@@ -5,9 +5,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance};
-use imgfleet_http::ApiKeys;
 use imgfleet_core::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
 use imgfleet_core::workers::WorkerRegistry;
+use imgfleet_http::ApiKeys;
 
 use crate::admission::{FsGate, Slots};
 use crate::error::{AppError, AppResult};

@@ -12,18 +12,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use imgfleet_core::stage::Stage as _;
-use imgfleet_indexer::{IndexStage, IndexConfig};
-use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
 use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance, JobRecord, JobStatus};
 use imgfleet_core::messages::{self, ScanRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Encoder, StateStore, VectorStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_indexer::{IndexConfig, IndexStage};
 use imgfleet_worker_cpu::corpus::{self, CorpusSpec};
-use imgfleet_worker_cpu::{PrepareStage, CpuStageConfig, ScanStage, SymlinkPolicy};
+use imgfleet_worker_cpu::{CpuStageConfig, PrepareStage, ScanStage, SymlinkPolicy};
+use imgfleet_worker_gpu::encode::{EncodeConfig, EncodeStage};
 use imgfleet_worker_gpu::precision::{Dtype, kind_name};
 use imgfleet_worker_gpu::runtime::{TchEncoder, parse_device};
-use imgfleet_worker_gpu::encode::{EncodeStage, EncodeConfig};
 use tokio::sync::watch;
 
 use crate::serve::{Embedded, EncoderArgs, ServeConfig, load_encoder};

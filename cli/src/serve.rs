@@ -7,22 +7,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use imgfleet_core::stage::Stage as _;
-use imgfleet_indexer::{IndexStage, IndexConfig};
 use imgfleet_api::thumbnails::CpuThumbnailer;
 use imgfleet_api::{ApiConfig, AppState, AppStateParts};
-use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
-use imgfleet_models::ModelArgs;
 use imgfleet_core::domain::CollectionName;
 use imgfleet_core::messages::{self, FileTask, ScanRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Encoder, StateStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
 use imgfleet_core::workers::WorkerRegistry;
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_indexer::{IndexConfig, IndexStage};
+use imgfleet_models::ModelArgs;
 use imgfleet_worker_cpu::scan::file_task_id;
-use imgfleet_worker_cpu::{PrepareStage, CpuStageConfig, ScanStage};
+use imgfleet_worker_cpu::{CpuStageConfig, PrepareStage, ScanStage};
+use imgfleet_worker_gpu::encode::{EncodeConfig, EncodeStage};
 use imgfleet_worker_gpu::precision::Dtype;
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder, parse_device};
-use imgfleet_worker_gpu::encode::{EncodeStage, EncodeConfig};
 use tokio::sync::watch;
 use tracing::info;
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
 use imgfleet_core::ports::{StateStore, VectorStore, WorkQueue};
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
 use tempfile::TempDir;
 
 use crate::contract::queue::QueueFixture;

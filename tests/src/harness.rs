@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgfleet_api::{AppState, AppStateParts};
-use imgfleet_embedded::{EdgeVectorStore, FileStateStore};
 use imgfleet_core::domain::CollectionName;
 use imgfleet_core::ports::{StateStore, VectorStore};
+use imgfleet_embedded::{EdgeVectorStore, FileStateStore};
 use tokio::sync::oneshot;
 
 /// The API served in this process on a free port, over embedded stores in `data_dir`.

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
 use imgfleet_core::ports::WorkQueue;
+use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
 use tempfile::TempDir;
 
 use crate::contract::queue::QueueFixture;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imgfleet_fleet::redis_state::{DEFAULT_PREFIX, RedisStateStore};
 use imgfleet_core::ports::StateStore;
+use imgfleet_fleet::redis_state::{DEFAULT_PREFIX, RedisStateStore};
 use tempfile::TempDir;
 
 use crate::contract::state::StateFixture;

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use crate::walk::{ScanError, SymlinkPolicy, Walk, WalkItem};
 use imgfleet_imaging::decode::DecodeLimits;
 use imgfleet_imaging::hash::read_and_hash;
 use imgfleet_imaging::prepare::{PrepareOptions, prepare, sniff_file};
-use crate::walk::{ScanError, SymlinkPolicy, Walk, WalkItem};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {

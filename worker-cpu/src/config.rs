@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use imgfleet_core::pixel_codec::PixelCodec;
 
+use crate::walk::SymlinkPolicy;
 use imgfleet_imaging::decode::DecodeLimits;
 use imgfleet_imaging::prepare::{PrepareOptions, prepared_message_bound};
-use crate::walk::SymlinkPolicy;
 
 /// How many prepared images may wait for the encoders (`--max-prepared-waiting`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,19 +29,19 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use imgfleet_core::domain::{ItemOutcome, SCHEMA_VERSION};
 use imgfleet_core::job_status::{JobStatusCache, complete_if_done};
-use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::messages::{self, DuplicatePath, FileTask, PreparedImage};
+use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Claim, Delivery, QueueError, Settle, StateStore, WorkQueue, publish_attempt};
-use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop, wait_out};
+use imgfleet_core::stage::{OnError, PerDelivery, Stage, StageError, StageSpec, Stop, settle_one};
 use imgfleet_core::workers::WorkerRegistry;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::{ConfigError, CpuStageConfig};
+use crate::scan::file_task_id;
 use imgfleet_imaging::failure::{FailureKind, FileFailure};
 use imgfleet_imaging::hash::{read_and_hash, sha256_hex};
 use imgfleet_imaging::prepare::{PrepareOptions, prepare, prepared_message_bound, sniff_file};
-use crate::scan::file_task_id;
 
 fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
@@ -119,23 +119,8 @@ impl PrepareStage {
     /// Processes one delivery and settles it, whatever happens. A full disk under the state
     /// store is waited out (the delivery kept alive), not counted as a failed delivery.
     pub async fn handle_one(&self, delivery: Delivery) {
-        let settle = match messages::decode::<FileTask>(&delivery.payload) {
-            Err(e) => Settle::Terminate(format!("undecodable file task: {e}")),
-            Ok(task) => loop {
-                match self.process(&task, delivery.deliveries).await {
-                    Ok(settle) => break settle,
-                    Err(e) if e.is_storage_full() => {
-                        wait_out("prepare", std::iter::once(&delivery), &e, &Stop::never()).await;
-                    }
-                    Err(e) => {
-                        let delay = self.config.retry_delay(delivery.deliveries);
-                        warn!(job_id = %task.job_id, path = %task.path, error = %e, delay_ms = delay.as_millis() as u64, "file task will be retried");
-                        break Settle::Retry(delay);
-                    }
-                }
-            },
-        };
-        delivery.settle_or_warn(settle).await;
+        let on_error = OnError { retry: Duration::from_millis(self.config.retry_base_ms), fixed: false, wait_for_disk: true };
+        settle_one(self, "prepare", "file task", delivery, on_error, &Stop::never()).await;
     }
 
     async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, StageError> {
@@ -249,6 +234,15 @@ impl PrepareStage {
         }
         complete_if_done(self.state.as_ref(), &task.job_id).await?;
         Ok(Settle::Ack)
+    }
+}
+
+#[async_trait]
+impl PerDelivery for PrepareStage {
+    type Message = FileTask;
+
+    async fn work(&self, task: &FileTask, delivery: &Delivery, _stop: &Stop) -> Result<Settle, StageError> {
+        self.process(task, delivery.deliveries).await
     }
 }
 

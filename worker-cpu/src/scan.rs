@@ -12,7 +12,7 @@ use imgfleet_core::domain::JobStatus;
 use imgfleet_core::messages::{self, FileTask, ScanRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
-use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop};
+use imgfleet_core::stage::{OnError, PerDelivery, Stage, StageError, StageSpec, Stop, settle_one};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -128,17 +128,10 @@ impl ScanStage {
     /// Walks the request's directory and settles the delivery. A scan running when the process
     /// stops ends between groups and hands its request back at once: another scanner resumes it.
     pub async fn handle_one(&self, delivery: Delivery, stop: &Stop) {
-        let settle = match messages::decode::<ScanRequest>(&delivery.payload) {
-            Err(e) => Settle::Terminate(format!("undecodable scan request: {e}")),
-            Ok(request) => match self.scan(&request, &delivery, stop).await {
-                Ok(settle) => settle,
-                Err(e) => {
-                    warn!(job_id = %request.job_id, error = %e, "scan interrupted; it will run again");
-                    Settle::Retry(self.retry_delay)
-                }
-            },
-        };
-        delivery.settle_or_warn(settle).await;
+        // Interrupted (a store or the queue away): the whole request runs again after a pause,
+        // resuming where it was (see `scan`).
+        let on_error = OnError { retry: self.retry_delay, fixed: true, wait_for_disk: false };
+        settle_one(self, "scan", "scan request", delivery, on_error, stop).await;
     }
 
     async fn scan(
@@ -283,6 +276,15 @@ impl ScanStage {
         imgfleet_core::job_status::complete_if_done(self.state.as_ref(), job_id).await?;
         info!(job_id, candidates = summary.candidates, skipped = summary.skipped, "scan complete");
         Ok(Settle::Ack)
+    }
+}
+
+#[async_trait]
+impl PerDelivery for ScanStage {
+    type Message = ScanRequest;
+
+    async fn work(&self, request: &ScanRequest, delivery: &Delivery, stop: &Stop) -> Result<Settle, StageError> {
+        self.scan(request, delivery, stop).await
     }
 }
 

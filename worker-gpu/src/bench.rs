@@ -22,9 +22,9 @@ use crate::blip::BlipModel;
 use crate::clip::ClipModel;
 use crate::fidelity::{greedy_agreement, min_row_cosine};
 use crate::generate::{GenerationParams, generate};
-use imgfleet_models::model_dir::ModelDir;
 use crate::precision::{Dtype, kind_name};
 use crate::runtime::{device_name, parse_device};
+use imgfleet_models::model_dir::ModelDir;
 
 const CLIP_SCRIPT: &str = include_str!("../../scripts/bench/clip_reference.py");
 const BLIP_SCRIPT: &str = include_str!("../../scripts/bench/blip_reference.py");

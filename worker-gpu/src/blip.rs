@@ -11,9 +11,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::generate::GenerationParams;
 use crate::layers::Activation;
-use imgfleet_models::model_dir::{ModelDir, ModelError};
 use crate::precision::cast_weights;
 use crate::preprocess::ImageProcessorConfig;
+use imgfleet_models::model_dir::{ModelDir, ModelError};
 
 /// `BlipTextConfig`; absent fields take `transformers`' defaults.
 #[derive(Debug, Clone, Deserialize)]

@@ -9,9 +9,9 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use crate::layers::{Activation, Encoder, EncoderConfig};
-use imgfleet_models::model_dir::{ModelDir, ModelError};
 use crate::precision::cast_weights;
 use crate::preprocess::ImageProcessorConfig;
+use imgfleet_models::model_dir::{ModelDir, ModelError};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {

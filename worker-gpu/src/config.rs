@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use clap::Args;
 use imgfleet_core::secret::Secret;
 use imgfleet_fleet::connect::FleetArgs;
-use imgfleet_models::ModelArgs;
 use imgfleet_http::ServerLimits;
+use imgfleet_models::ModelArgs;
 
 use crate::precision::Dtype;
 use imgfleet_http::auth::{ApiKeys, KeyConfigError, check_exposure};

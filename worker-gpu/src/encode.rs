@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use imgfleet_core::domain::{ItemOutcome, RgbImage, SCHEMA_VERSION};
 use imgfleet_core::job_status::{JobStatusCache, complete_if_done};
 use imgfleet_core::messages::{self, EncodedImage, PreparedImage};
 use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::names::Stream;
-use async_trait::async_trait;
 use imgfleet_core::ports::{Delivery, Encoder, EncoderError, QueueError, Settle, StateStore, WorkQueue, publish_attempt};
 use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop};
 use tracing::{debug, info, warn};

@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use imgfleet_core::domain::{Capabilities, RgbImage};
-use imgfleet_imaging::upload::ImageUpload;
-use imgfleet_http::{ApiJson, ApiKeys, AppError, AppResult, Scope, json_errors};
 use imgfleet_core::ports::encoder::check_text_lengths;
 use imgfleet_core::ports::{Encoder, EncoderError};
+use imgfleet_http::{ApiJson, ApiKeys, AppError, AppResult, Scope, json_errors};
+use imgfleet_imaging::upload::ImageUpload;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

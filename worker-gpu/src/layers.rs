@@ -1,8 +1,8 @@
 //! Transformer building blocks shared by CLIP's towers and BLIP's vision encoder:
 //! pre-LayerNorm encoder layers named as Hugging Face names them.
 
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 use imgfleet_models::model_dir::ModelError;
 

@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use imgfleet_http::ops;
 use imgfleet_core::ports::Encoder;
 use imgfleet_fleet::FleetProcess;
+use imgfleet_http::ops;
 
 pub use crate::config::GpuWorkerConfig;
-use crate::runtime::{RuntimeOptions, TchEncoder, parse_device};
 use crate::encode::{EncodeConfig, EncodeStage};
+use crate::runtime::{RuntimeOptions, TchEncoder, parse_device};
 
 const NAME: &str = "imgfleet-worker-gpu";
 /// How long stopping waits for the current batch to be encoded and settled.

@@ -17,9 +17,9 @@ use crate::blip::BlipModel;
 use crate::clip::{ClipModel, normalise_rows};
 use crate::generate::GenerationParams;
 use crate::lanes::{Lane, Lanes, Refused};
-use imgfleet_models::model_dir::{ModelDir, ModelError};
 use crate::precision::{Dtype, kind_name};
 use crate::preprocess::ImageProcessorConfig;
+use imgfleet_models::model_dir::{ModelDir, ModelError};
 
 /// Most texts or images in one request.
 pub const MAX_ITEMS_PER_REQUEST: usize = 1024;

@@ -5,7 +5,11 @@
 //! outcome is recorded or the output published, retry after a delay on a transient error,
 //! terminate what cannot be decoded). The driver ([`Stage::run`]) fetches, hands each batch to
 //! the stage, backs off when fetching fails and stops between batches when told to; a stage
-//! that waits inside a batch (a full disk, a store away) watches the same [`Stop`].
+//! that waits inside a batch (a full disk, a store away) watches the same [`Stop`]. Stages that
+//! handle their deliveries one by one (scan, prepare) settle each with [`settle_one`]: decode,
+//! work, and on a transient error retry with backoff or wait out a full disk. Those that work a
+//! batch at once (encode, index) settle each delivery themselves, with [`wait_out`] and
+//! [`StageError`] from here.
 //!
 //! The four stages: scan (`imgfleet-worker-cpu`, `scan.rs`), prepare (`imgfleet-worker-cpu`,
 //! `prepare.rs`), encode (`imgfleet-worker-gpu`, `encode.rs`) and index (`imgfleet-indexer`,
@@ -14,12 +18,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::messages::{self, Versioned};
 use crate::names::Stream;
 use crate::ports::state::FULL_DISK_PAUSE;
-use crate::ports::{Delivery, EncoderError, QueueError, StateError, VectorError, WorkQueue};
+use crate::ports::{Delivery, EncoderError, QueueError, Settle, StateError, VectorError, WorkQueue, retry_backoff};
 
 /// How long a stage pauses between tries while a store cannot be reached.
 pub const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
@@ -87,6 +93,51 @@ pub async fn wait_out<'a>(stage: &str, deliveries: impl Iterator<Item = &'a Deli
         let _ = delivery.in_progress().await;
     }
     !stop.is_set()
+}
+
+/// How a stage that handles its deliveries one by one settles one on a transient error.
+#[derive(Debug, Clone, Copy)]
+pub struct OnError {
+    /// First retry delay (doubling per delivery, see [`retry_backoff`]); with `fixed`, every retry's.
+    pub retry: Duration,
+    pub fixed: bool,
+    /// A full disk under a store is waited out (the delivery kept alive) instead of retried.
+    pub wait_for_disk: bool,
+}
+
+/// The work of a stage that handles its deliveries one by one (see [`settle_one`]).
+#[async_trait]
+pub trait PerDelivery: Send + Sync {
+    /// The message each delivery carries.
+    type Message: DeserializeOwned + Versioned + std::fmt::Debug + Send + Sync;
+
+    /// What to do with one message: ack, retry, terminate; or a transient error.
+    async fn work(&self, message: &Self::Message, delivery: &Delivery, stop: &Stop) -> Result<Settle, StageError>;
+}
+
+/// Settles one delivery of a stage that handles its messages (`what`: "file task") one by one:
+/// an undecodable message is terminated; otherwise [`PerDelivery::work`] decides (ack, retry,
+/// terminate), and a transient error it meets becomes a retry after [`OnError::retry`] (logged
+/// with the message) — or, for a full disk where [`OnError::wait_for_disk`], a wait, after
+/// which the work runs again.
+pub async fn settle_one<S: PerDelivery + ?Sized>(stage: &S, name: &str, what: &str, delivery: Delivery, on_error: OnError, stop: &Stop) {
+    let settle = match messages::decode::<S::Message>(&delivery.payload) {
+        Err(e) => Settle::Terminate(format!("undecodable {what}: {e}")),
+        Ok(message) => loop {
+            match stage.work(&message, &delivery, stop).await {
+                Ok(settle) => break settle,
+                Err(e) if on_error.wait_for_disk && e.is_storage_full() => {
+                    wait_out(name, std::iter::once(&delivery), &e, &Stop::never()).await;
+                }
+                Err(e) => {
+                    let delay = if on_error.fixed { on_error.retry } else { retry_backoff(on_error.retry, delivery.deliveries) };
+                    warn!(stage = name, ?message, error = %e, delay_ms = delay.as_millis() as u64, "{what} will be retried");
+                    break Settle::Retry(delay);
+                }
+            }
+        },
+    };
+    delivery.settle_or_warn(settle).await;
 }
 
 /// What the driver needs to know of a stage.

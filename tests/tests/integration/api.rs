@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 
+use imgfleet_core::domain::{Distance, ImagePoint};
 use imgfleet_tests::contract::vectors::{point, spec, vec4};
 use imgfleet_tests::harness::ApiServer;
-use imgfleet_core::domain::{Distance, ImagePoint};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use imgfleet_core::domain::RgbImage;
+use imgfleet_models::model_dir::ModelDir;
 use imgfleet_worker_gpu::blip::BlipModel;
 use imgfleet_worker_gpu::generate::{GenerationParams, generate};
-use imgfleet_models::model_dir::ModelDir;
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::fixture;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use imgfleet_core::domain::RgbImage;
-use imgfleet_worker_gpu::clip::{ClipModel, normalise_rows};
 use imgfleet_models::model_dir::ModelDir;
+use imgfleet_worker_gpu::clip::{ClipModel, normalise_rows};
 use tch::{Device, Kind, Tensor};
 
 pub fn fixture(name: &str) -> PathBuf {

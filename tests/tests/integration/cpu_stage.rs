@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
-use imgfleet_core::stage::Stage as _;
-use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
 use imgfleet_core::domain::{ImagePayload, ItemOutcome, JobCounts, JobRecord, JobStatus, point_id_for};
 use imgfleet_core::messages::{self, FileTask, IndexerInput, PreparedImage, ScanRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{StateStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_imaging::FailureKind;
 use imgfleet_imaging::hash::sha256_hex;
 use imgfleet_worker_cpu::scan::file_task_id;
-use imgfleet_imaging::FailureKind;
-use imgfleet_worker_cpu::{PrepareStage, CpuStageConfig, ScanStage, SymlinkPolicy};
+use imgfleet_worker_cpu::{CpuStageConfig, PrepareStage, ScanStage, SymlinkPolicy};
 use tempfile::TempDir;
 
 const COLLECTION: &str = "photos";

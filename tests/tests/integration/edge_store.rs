@@ -1,10 +1,10 @@
 //! qdrant-edge specifics beyond the contract: background optimisation builds HNSW and
 //! search stays exact through it.
 
-use imgfleet_embedded::{EdgeStoreOptions, EdgeVectorStore};
 use imgfleet_core::domain::{Distance, SearchQuery};
 use imgfleet_core::filter::FilterExpr;
 use imgfleet_core::ports::VectorStore;
+use imgfleet_embedded::{EdgeStoreOptions, EdgeVectorStore};
 use imgfleet_tests::contract::vectors::{point, spec};
 use serde_json::json;
 

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use imgfleet_core::domain::RgbImage;
 use imgfleet_core::ports::Encoder;
-use imgfleet_tests::harness::{ChildProcess, fixture_models as models};
-use imgfleet_worker_cpu::corpus::{self, Corpus, CorpusSpec};
 use imgfleet_imaging::hash::read_and_hash;
 use imgfleet_imaging::prepare::{PrepareOptions, prepare, sniff_file};
+use imgfleet_tests::harness::{ChildProcess, fixture_models as models};
+use imgfleet_worker_cpu::corpus::{self, Corpus, CorpusSpec};
 use imgfleet_worker_gpu::runtime::{RuntimeOptions, TchEncoder};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};

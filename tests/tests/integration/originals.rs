@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use imgfleet_core::domain::ImagePoint;
-use imgfleet_tests::contract::vectors::vec4;
-use imgfleet_tests::harness::{ApiOptions, ApiServer};
 use imgfleet_imaging::hash::read_and_hash;
 use imgfleet_imaging::prepare::{PrepareOptions, prepare, sniff_file};
+use imgfleet_tests::contract::vectors::vec4;
+use imgfleet_tests::harness::{ApiOptions, ApiServer};
 use reqwest::{Client, StatusCode};
 use serde_json::Value;
 

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 
+use imgfleet_models::model_dir::ModelDir;
 use imgfleet_worker_gpu::blip::BlipModel;
 use imgfleet_worker_gpu::clip::ClipModel;
 use imgfleet_worker_gpu::fidelity::{greedy_agreement, min_row_cosine};
 use imgfleet_worker_gpu::generate::GenerationParams;
-use imgfleet_models::model_dir::ModelDir;
 use tch::{Device, Kind, Tensor};
 
 use crate::clip::fixture;

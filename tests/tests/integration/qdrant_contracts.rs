@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imgfleet_fleet::QdrantVectorStore;
 use imgfleet_core::ports::{VectorError, VectorStore};
+use imgfleet_fleet::QdrantVectorStore;
 use imgfleet_tests::contract::vectors::VectorFixture;
 use imgfleet_tests::qdrant_server::QdrantServer;
 

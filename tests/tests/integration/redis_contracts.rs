@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imgfleet_fleet::redis_state::{RedisStateOptions, RedisStateStore};
 use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus};
 use imgfleet_core::ports::state::MAX_JOB_LOG_LINES;
 use imgfleet_core::ports::{DedupEntry, StateError, StateStore};
+use imgfleet_fleet::redis_state::{RedisStateOptions, RedisStateStore};
 use imgfleet_tests::contract::state::store_done;
 use imgfleet_tests::redis_server::RedisServer;
 

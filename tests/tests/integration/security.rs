@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgfleet_core::stage::Stage as _;
-use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
-use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
 use imgfleet_core::domain::{JobRecord, JobStatus};
 use imgfleet_core::messages::{self, ScanRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{StateStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_embedded::{FileStateStore, MemoryQueue, MemoryQueueConfig};
+use imgfleet_fleet::{NatsQueue, NatsQueueConfig};
 use imgfleet_tests::harness::{ApiServer, fixture_models, workspace_binary};
 use imgfleet_tests::nats_server::NatsServer;
 use imgfleet_worker_cpu::{ScanStage, SymlinkPolicy};

@@ -1,7 +1,7 @@
 //! The `imgfleet serve` binary: data and the selected collection survive a restart.
 
-use imgfleet_embedded::EdgeVectorStore;
 use imgfleet_core::ports::VectorStore;
+use imgfleet_embedded::EdgeVectorStore;
 use imgfleet_tests::contract::vectors::{point, vec4};
 use imgfleet_tests::harness::ChildProcess;
 use reqwest::{Client, StatusCode};

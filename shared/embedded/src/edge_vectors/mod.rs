@@ -37,8 +37,8 @@ use imgfleet_core::domain::{
     CollectionInfo, CollectionName, CollectionSpec, ImagePoint, ImageRecord, ListPage,
     ListQuery, ScrollPage, SearchHit, SearchQuery,
 };
-use imgfleet_core::filter::{FIELDS, FilterExpr, SortOrder};
 use imgfleet_core::domain::VECTOR_NAME;
+use imgfleet_core::filter::{FIELDS, FilterExpr, SortOrder};
 use imgfleet_core::ports::vectors::{VectorError, VectorStore};
 
 use collection::{Collection, open_or_set_aside};

@@ -8,9 +8,9 @@ use std::time::Instant;
 use imgfleet_core::domain::SCHEMA_VERSION;
 use imgfleet_core::messages::{PreparedImage, decode_prepared, encode_prepared_with};
 use imgfleet_core::pixel_codec::PixelCodec;
-use imgfleet_worker_cpu::config::CpuStageConfig;
 use imgfleet_imaging::hash::read_and_hash;
 use imgfleet_imaging::prepare::{prepare, sniff_file};
+use imgfleet_worker_cpu::config::CpuStageConfig;
 
 /// The prepared messages of `files`, as the CPU stage makes them.
 fn prepared(files: &[PathBuf]) -> anyhow::Result<Vec<PreparedImage>> {

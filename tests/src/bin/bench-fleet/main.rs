@@ -17,10 +17,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use imgfleet_embedded::{MemoryQueue, MemoryQueueConfig};
-use imgfleet_fleet::NatsQueue;
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::WorkQueue;
+use imgfleet_embedded::{MemoryQueue, MemoryQueueConfig};
+use imgfleet_fleet::NatsQueue;
 use imgfleet_tests::fleet::{Fleet, FleetOptions, wait_for_job};
 use imgfleet_tests::harness::ChildProcess;
 use imgfleet_tests::nats_server::NatsFixture;

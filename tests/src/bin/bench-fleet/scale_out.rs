@@ -4,18 +4,18 @@
 //! the fleet's own limits show. The simulated encoder lives here, in the benchmark, never in a
 //! production binary.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use imgfleet_core::stage::Stage as _;
-use imgfleet_fleet::{NatsQueue, NatsQueueConfig, RedisStateStore};
 use imgfleet_core::domain::{Capabilities, RgbImage};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{DeadLetter, Delivery, Encoder, EncoderError, PublishAck, QueueDepth, QueueError, StateStore, WorkQueue};
+use imgfleet_core::stage::Stage as _;
+use imgfleet_fleet::{NatsQueue, NatsQueueConfig, RedisStateStore};
 use imgfleet_tests::fleet::Fleet;
-use imgfleet_worker_gpu::encode::{EncodeStage, EncodeConfig};
+use imgfleet_worker_gpu::encode::{EncodeConfig, EncodeStage};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
