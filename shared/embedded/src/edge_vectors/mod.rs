@@ -211,6 +211,10 @@ impl EdgeVectorStore {
             if let Err(e) = collection.shard.optimize() {
                 tracing::warn!(collection = %collection.name, error = %e, "optimize failed");
                 collection.dirty.store(true, Ordering::Release);
+                continue;
+            }
+            if let Ok(stats) = self.stats(&collection.name) {
+                tracing::debug!(collection = %collection.name, points = stats.points, indexed_vectors = stats.indexed_vectors, segments = stats.segments, "indexes optimised");
             }
         }
     }

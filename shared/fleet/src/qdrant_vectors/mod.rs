@@ -105,10 +105,6 @@ impl QdrantVectorStore {
         Ok(self)
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The server-side name of a collection.
     fn qname(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)

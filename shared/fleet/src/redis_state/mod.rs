@@ -152,10 +152,6 @@ impl RedisStateStore {
         Ok(store)
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Items of `job_id` discovered but not settled yet, in key order (walked with `HSCAN`).
     pub async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError> {
         let key = self.items_key(job_id);
