@@ -120,7 +120,7 @@ impl PrepareStage {
     /// store is waited out (the delivery kept alive), not counted as a failed delivery.
     pub async fn handle_one(&self, delivery: Delivery) {
         let on_error = OnError { retry: Duration::from_millis(self.config.retry_base_ms), fixed: false, wait_for_disk: true };
-        settle_one(self, "prepare", "file task", delivery, on_error, &Stop::never()).await;
+        settle_one(self, "file task", delivery, on_error, &Stop::never()).await;
     }
 
     async fn process(&self, task: &FileTask, deliveries: u32) -> Result<Settle, StageError> {

@@ -131,7 +131,7 @@ impl ScanStage {
         // Interrupted (a store or the queue away): the whole request runs again after a pause,
         // resuming where it was (see `scan`).
         let on_error = OnError { retry: self.retry_delay, fixed: true, wait_for_disk: false };
-        settle_one(self, "scan", "scan request", delivery, on_error, stop).await;
+        settle_one(self, "scan request", delivery, on_error, stop).await;
     }
 
     async fn scan(

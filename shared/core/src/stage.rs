@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::messages::{self, Versioned};
 use crate::names::Stream;
 use crate::ports::state::FULL_DISK_PAUSE;
-use crate::ports::{Delivery, EncoderError, QueueError, Settle, StateError, VectorError, WorkQueue, retry_backoff};
+use crate::ports::{Delivery, QueueError, Settle, StateError, VectorError, WorkQueue, retry_backoff};
 
 /// How long a stage pauses between tries while a store cannot be reached.
 pub const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
@@ -60,8 +60,6 @@ pub enum StageError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Vectors(#[from] VectorError),
-    #[error(transparent)]
-    Encoder(#[from] EncoderError),
     #[error("{0}")]
     Thread(String),
 }
@@ -107,7 +105,7 @@ pub struct OnError {
 
 /// The work of a stage that handles its deliveries one by one (see [`settle_one`]).
 #[async_trait]
-pub trait PerDelivery: Send + Sync {
+pub trait PerDelivery: Stage {
     /// The message each delivery carries.
     type Message: DeserializeOwned + Versioned + std::fmt::Debug + Send + Sync;
 
@@ -120,7 +118,8 @@ pub trait PerDelivery: Send + Sync {
 /// terminate), and a transient error it meets becomes a retry after [`OnError::retry`] (logged
 /// with the message) — or, for a full disk where [`OnError::wait_for_disk`], a wait, after
 /// which the work runs again.
-pub async fn settle_one<S: PerDelivery + ?Sized>(stage: &S, name: &str, what: &str, delivery: Delivery, on_error: OnError, stop: &Stop) {
+pub async fn settle_one<S: PerDelivery + ?Sized>(stage: &S, what: &str, delivery: Delivery, on_error: OnError, stop: &Stop) {
+    let name = stage.spec().name;
     let settle = match messages::decode::<S::Message>(&delivery.payload) {
         Err(e) => Settle::Terminate(format!("undecodable {what}: {e}")),
         Ok(message) => loop {

@@ -33,8 +33,6 @@ impl FleetProcess {
     /// the queue account in Redis for the messages it gives up on, so a job whose worker keeps
     /// dying on one file still completes, with that file failed and why.
     pub async fn connect(name: &'static str, fleet: &FleetArgs) -> anyhow::Result<Self> {
-        fleet.require_nats(name)?;
-        fleet.require_redis(name)?;
         let nats = fleet.connect_queue(name).await?;
         let state: Arc<dyn StateStore> = fleet.connect_state(name).await?;
         account_given_up(&nats, state.clone());
