@@ -14,9 +14,10 @@ use crate::state::AppState;
 pub fn required_scope(method: &Method, route: &str) -> Scope {
     match (method.as_str(), route) {
         ("DELETE", "/api/v1/collections/{name}") | ("POST", "/api/v1/collections/cache/clear") => Scope::Admin,
-        ("POST", "/api/v1/collections" | "/api/v1/collections/select" | "/api/v1/ingest" | "/api/v1/ingest/")
-        | ("DELETE", "/api/v1/ingest/{job_id}") => Scope::Write,
-        ("GET" | "HEAD", _) | ("POST", "/api/v1/search" | "/api/v1/duplicates") => Scope::Read,
+        ("POST", "/api/v1/collections" | "/api/v1/collections/select" | "/api/v1/ingest" | "/api/v1/ingest/" | "/api/v1/ingest/upload")
+        | ("POST", "/api/v1/watches")
+        | ("DELETE", "/api/v1/ingest/{job_id}" | "/api/v1/images/{id}" | "/api/v1/watches/{watch_id}") => Scope::Write,
+        ("GET" | "HEAD", _) | ("POST", "/api/v1/search" | "/api/v1/duplicates" | "/api/v1/images/exists") => Scope::Read,
         _ => Scope::Admin,
     }
 }
@@ -48,6 +49,9 @@ mod tests {
             (&post, "/api/v1/search", Scope::Read),
             (&post, "/api/v1/duplicates", Scope::Read),
             (&post, "/api/v1/ingest/", Scope::Write),
+            (&post, "/api/v1/ingest/upload", Scope::Write),
+            (&post, "/api/v1/images/exists", Scope::Read),
+            (&delete, "/api/v1/images/{id}", Scope::Write),
             (&delete, "/api/v1/ingest/{job_id}", Scope::Write),
             (&post, "/api/v1/collections", Scope::Write),
             (&post, "/api/v1/collections/select", Scope::Write),

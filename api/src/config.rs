@@ -46,6 +46,17 @@ pub struct ApiConfig {
     #[arg(long = "ingest-root", env = "IMGFLEET_INGEST_ROOTS", value_delimiter = ',')]
     pub ingest_roots: Vec<PathBuf>,
 
+    /// Where uploaded originals are kept: a folder (on a shared file system when CPU workers run
+    /// on other machines). Default: `<data dir>/blobs` for `imgfleet serve`; `imgfleet-api`
+    /// takes no uploads without it.
+    #[arg(long, env = "IMGFLEET_BLOB_STORE")]
+    pub blob_store: Option<String>,
+
+    /// Largest uploaded file accepted (bigger ones are failed files of their job): `512MiB`,
+    /// `2GiB`, or bytes.
+    #[arg(long, env = "IMGFLEET_MAX_UPLOAD_BYTES", default_value = "256MiB", value_parser = imgfleet_core::units::parse_bytes)]
+    pub max_upload_bytes: u64,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "IMGFLEET_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -60,6 +71,11 @@ pub struct ApiConfig {
     #[arg(long, env = "IMGFLEET_JOB_RETENTION", default_value = "7d", value_parser = imgfleet_core::units::parse_duration)]
     pub job_retention: std::time::Duration,
 
+    /// Do not run the watches here (`/api/v1/watches` still edits them): with several API
+    /// processes on one fleet, one runs them.
+    #[arg(long, env = "IMGFLEET_NO_WATCHES")]
+    pub no_watches: bool,
+
     /// Log JSON lines instead of text.
     #[arg(long, env = "IMGFLEET_LOG_JSON")]
     pub log_json: bool,
@@ -72,6 +88,26 @@ impl ApiConfig {
     /// Options of the embedded vector store under `--data-dir`.
     pub fn edge_store_options(&self) -> imgfleet_embedded::EdgeStoreOptions {
         imgfleet_embedded::EdgeStoreOptions { min_free_bytes: self.min_free_disk, ..Default::default() }
+    }
+
+    /// The uploads of this server: the blob store named by `--blob-store`, else `default` (a
+    /// folder), else none.
+    pub fn uploads(&self, default: Option<std::path::PathBuf>) -> std::io::Result<Option<crate::Uploads>> {
+        let folder = match (&self.blob_store, default) {
+            (Some(spec), _) => std::path::PathBuf::from(spec),
+            (None, Some(folder)) => folder,
+            (None, None) => return Ok(None),
+        };
+        let store = imgfleet_embedded::FolderBlobStore::open(&folder)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("blob store {}: {e}", folder.display())))?;
+        let staging_dir = store.staging_dir();
+        Ok(Some(crate::Uploads { blobs: std::sync::Arc::new(store), staging_dir, max_file_bytes: self.max_upload_bytes }))
+    }
+
+    /// How old an upload job whose request is gone must be before it is ended with the files
+    /// it had: longer than any upload request may last.
+    pub fn upload_abandoned_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.limits.request_timeout_secs.max(1) + 30)
     }
 
     /// The ingest roots, or the current directory when none is given.

@@ -16,6 +16,8 @@ use crate::routes::duplicates::MAX_SCAN;
 use crate::routes::images::{MAX_PAGE, MAX_PER_PAGE, MAX_THUMBNAIL_SIDE};
 use crate::routes::ingest::MAX_JOBS_LISTED;
 use crate::routes::search::{MAX_SEARCH_LIMIT, MAX_SEARCH_OFFSET, MAX_VECTOR_VALUE};
+use crate::routes::upload::MAX_EXISTS_HASHES;
+use crate::routes::watches::{MAX_INTERVAL_SECS, MIN_INTERVAL_SECS};
 
 /// The string format of an uploaded image: base64 of an image file (JPEG, PNG, WebP, GIF, BMP,
 /// TIFF), or a data URL of one.
@@ -89,6 +91,8 @@ fn constrain_bodies(doc: &mut Value) {
         ("SearchRequest", "collection"),
         ("IngestRequest", "collection"),
         ("DuplicatesRequest", "collection"),
+        ("ExistsRequest", "collection"),
+        ("CreateWatch", "collection"),
     ] {
         constrain(doc, schema, property, name.clone());
     }
@@ -115,6 +119,16 @@ fn constrain_bodies(doc: &mut Value) {
     schemas(doc).get_mut("SearchRequest").and_then(Value::as_object_mut).expect("SearchRequest").insert("oneOf".into(), Value::Array(one_of));
 
     constrain(doc, "IngestRequest", "directory_path", json!({ "pattern": ABSOLUTE_PATH, "maxLength": MAX_PATH_LEN }));
+    constrain(
+        doc,
+        "ExistsRequest",
+        "sha256",
+        json!({ "maxItems": MAX_EXISTS_HASHES, "items": { "type": "string", "pattern": "^[0-9A-Fa-f]{64}$" } }),
+    );
+    constrain(doc, "CreateWatch", "interval_seconds", integer(MIN_INTERVAL_SECS as i64, MAX_INTERVAL_SECS as i64));
+    for property in ["directory_path", "source"] {
+        constrain(doc, "CreateWatch", property, json!({ "maxLength": MAX_PATH_LEN }));
+    }
 
     replace(doc, "DuplicatesRequest", "threshold", nullable(json!({ "type": "number", "minimum": -1.0, "maximum": 1.0 })));
     constrain(doc, "DuplicatesRequest", "limit", integer(1, 1000));

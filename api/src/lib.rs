@@ -11,6 +11,7 @@ pub mod originals;
 pub mod routes;
 pub mod state;
 pub mod thumbnails;
+pub mod watches;
 
 use std::future::Future;
 
@@ -26,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 pub use crate::config::ApiConfig;
 use crate::error::AppError;
-pub use crate::state::{AppState, AppStateParts, Thumbnailer};
+pub use crate::state::{AppState, AppStateParts, Thumbnailer, Uploads};
 
 /// The whole HTTP surface. Built apart from `main` so tests can serve it on port 0.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
@@ -36,7 +37,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(routes::images::routes())
         .merge(routes::duplicates::routes())
         .merge(routes::ingest::routes())
+        .merge(routes::upload::routes().layer(DefaultBodyLimit::disable()))
         .merge(routes::workers::routes())
+        .merge(routes::watches::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_scope));
     Router::new()
         .nest("/api/v1", api)

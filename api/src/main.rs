@@ -100,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         ingest_roots,
         thumbnailer: Some(Arc::new(CpuThumbnailer::default())),
         workers: Some(workers),
+        uploads: cli.api.uploads(None).context("opening the blob store")?,
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -111,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
         }
         let config = IndexConfig { max_deliver: cli.fleet.max_deliver, ..IndexConfig::default() };
         process.spawn_stage(IndexStage::new(work_queue.clone(), state.clone(), vectors.clone(), config));
+    }
+    process.spawn(imgfleet_api::routes::upload::finish_abandoned(app.clone(), cli.api.upload_abandoned_after(), process.stop_signal()));
+    if !cli.api.no_watches {
+        process.spawn(imgfleet_api::watches::run(app.clone(), process.stop_signal()));
     }
     process.spawn(imgfleet_core::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(5), process.stop_signal()));
     process.spawn(imgfleet_core::job_status::maintain_jobs(state.clone(), Duration::from_secs(5), cli.api.job_retention, process.stop_signal()));

@@ -31,13 +31,18 @@ impl StoredOriginal {
     /// From an image's payload; `None` when it lacks the fields needed to check a file.
     pub fn from_payload(payload: &serde_json::Map<String, serde_json::Value>) -> Option<Self> {
         let text = |k: &str| payload.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-        let mut paths: Vec<String> = text("path").into_iter().collect();
+        Some(Self { paths: Self::paths_of(payload), bytes: payload.get("bytes")?.as_u64()?, mtime: text("mtime"), sha256: text("sha256")? })
+    }
+
+    /// Every path of a payload (`path` first, then `paths`), once each.
+    pub fn paths_of(payload: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+        let mut paths: Vec<String> = payload.get("path").and_then(|v| v.as_str()).map(str::to_owned).into_iter().collect();
         for path in payload.get("paths").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|p| p.as_str()) {
             if !paths.iter().any(|p| p == path) {
                 paths.push(path.to_owned());
             }
         }
-        Some(Self { paths, bytes: payload.get("bytes")?.as_u64()?, mtime: text("mtime"), sha256: text("sha256")? })
+        paths
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance};
-use imgfleet_core::ports::{Encoder, StateStore, VectorError, VectorStore, WorkQueue};
+use imgfleet_core::ports::{BlobStore, Encoder, StateStore, VectorError, VectorStore, WorkQueue};
 use imgfleet_core::workers::WorkerRegistry;
 use imgfleet_http::ApiKeys;
 
@@ -39,6 +39,8 @@ pub struct Inner {
     /// The live encoder workers (`GET /api/v1/workers`); `None`: no encoder works for this
     /// server's pipeline.
     pub workers: Option<Arc<WorkerRegistry>>,
+    /// Where uploads go; `None`: this server takes none.
+    pub uploads: Option<Uploads>,
     /// Blocking file system calls, bounded in number and time.
     pub fs: FsGate,
     /// Thumbnails rendered at once (one per core) and waiting.
@@ -49,6 +51,16 @@ pub struct Inner {
     pub decode_slots: Slots,
     /// Write-through cache of the state store's active collection.
     active: RwLock<CollectionName>,
+}
+
+/// Where uploaded originals are kept, and the limit on each.
+#[derive(Clone)]
+pub struct Uploads {
+    pub blobs: Arc<dyn BlobStore>,
+    /// Where a part is streamed before it is stored (best on the blob folder's file system).
+    pub staging_dir: PathBuf,
+    /// Largest file accepted; bigger ones are failed files of the job.
+    pub max_file_bytes: u64,
 }
 
 /// Renders thumbnails of original files (the image code lives in the CPU worker crate).
@@ -84,6 +96,7 @@ pub struct AppStateParts {
     pub ingest_roots: Vec<PathBuf>,
     pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
     pub workers: Option<Arc<WorkerRegistry>>,
+    pub uploads: Option<Uploads>,
 }
 
 impl AppStateParts {
@@ -100,6 +113,7 @@ impl AppStateParts {
             ingest_roots: Vec::new(),
             thumbnailer: None,
             workers: None,
+            uploads: None,
         }
     }
 }
@@ -118,6 +132,7 @@ impl AppState {
             ingest_roots,
             thumbnailer,
             workers,
+            uploads,
         } = parts;
         let ingest_roots = ingest_roots
             .iter()
@@ -157,6 +172,7 @@ impl AppState {
             ingest_roots,
             thumbnailer,
             workers,
+            uploads,
             fs: FsGate::new(MAX_FS_CALLS),
             thumbnail_slots: Slots::new("thumbnail", cores(), THUMBNAILS_WAITING, Duration::from_secs(10)),
             duplicate_slots: Slots::new("duplicates", DUPLICATES_RUNNING, DUPLICATES_WAITING, Duration::from_secs(5)),

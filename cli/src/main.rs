@@ -21,6 +21,8 @@ enum Command {
     Serve(serve::ServeConfig),
     /// Ingest a directory through a running server and follow the job with a progress bar.
     Ingest(client::IngestArgs),
+    /// Upload images from this machine (only contents the server lacks) and follow the jobs.
+    Upload(client::UploadArgs),
     /// Show an ingest job: status, progress, counts, timing, recent log lines.
     Status(client::StatusArgs),
     /// List recent ingest jobs.
@@ -75,6 +77,7 @@ async fn run() -> anyhow::Result<()> {
             serve::run(config).await
         }
         Command::Ingest(args) => std::process::exit(client::exit_code(client::run_ingest(args).await)),
+        Command::Upload(args) => std::process::exit(client::exit_code(client::run_upload(args).await)),
         Command::Status(args) => std::process::exit(client::exit_code(client::run_status(args).await)),
         Command::Jobs(args) => std::process::exit(client::exit_code(client::run_jobs(args).await)),
         Command::Cancel(args) => std::process::exit(client::exit_code(client::run_cancel(args).await)),

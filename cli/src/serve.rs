@@ -62,6 +62,14 @@ pub struct ServeConfig {
     /// CPU stage settings. `--clip-size` and `--blip-size` are taken from the models here.
     #[command(flatten)]
     pub cpu: CpuStageConfig,
+    /// Keep this directory in sync with the default collection (as `POST /api/v1/watches`
+    /// does); repeat the flag for several. It must lie inside an --ingest-root.
+    #[arg(long = "watch", value_name = "DIR")]
+    pub watch: Vec<std::path::PathBuf>,
+    /// Seconds between rescans of each --watch directory (changes the file system reports are
+    /// picked up within seconds anyway).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=604_800))]
+    pub watch_interval: u64,
 }
 
 /// Prepared images (~1 MB each) waiting for the models, per encoder batch.
@@ -133,9 +141,13 @@ impl Embedded {
         }
         // `GET /api/v1/workers` lists the in-process encoder, heartbeats and all, as a fleet's.
         let workers = WorkerRegistry::new();
-        let cpu = PrepareStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone())
+        let uploads = api.uploads(Some(api.data_dir.join("blobs"))).context("opening the blob store")?;
+        let mut cpu = PrepareStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone())
             .context("CPU stage settings")?
             .following(workers.clone());
+        if let Some(uploads) = &uploads {
+            cpu = cpu.with_blobs(uploads.blobs.clone());
+        }
         let scanner = ScanStage::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks);
         let encoder_stage = EncodeStage::new(work_queue.clone(), state_store.clone(), ingest, encoder_config);
         let announcer = encoder_stage.announcer("embedded".into());
@@ -166,10 +178,17 @@ impl Embedded {
             ingest_roots,
             thumbnailer: Some(Arc::new(CpuThumbnailer::new(cpu_config.prepare_options().limits, cpu_config.max_file_bytes))),
             workers: Some(workers.clone()),
+            uploads: uploads.clone(),
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         info!(roots = ?app.ingest_roots, "ingest roots");
+        for dir in &config.watch {
+            let record = imgfleet_api::watches::ensure(&app, dir, api.collection.as_str(), Duration::from_secs(config.watch_interval))
+                .await
+                .map_err(|e| anyhow::anyhow!("--watch {}: {}", dir.display(), e.message))?;
+            info!(watch_id = %record.watch_id, source = %record.source, collection = %record.collection, "watching");
+        }
 
         let (shutdown, stop) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -197,6 +216,10 @@ impl Embedded {
             stop.clone(),
         )));
         tasks.push(tokio::spawn(imgfleet_core::metrics::export_queue_depth(work_queue.clone(), Duration::from_secs(2), stop.clone())));
+        if !api.no_watches {
+            tasks.push(imgfleet_api::watches::spawn(app.clone(), stop.clone()));
+        }
+        tasks.push(tokio::spawn(imgfleet_api::routes::upload::finish_abandoned(app.clone(), api.upload_abandoned_after(), stop.clone())));
         tasks.push(tokio::spawn(imgfleet_core::job_status::maintain_jobs(
             state_store.clone(),
             Duration::from_secs(5),
@@ -265,6 +288,9 @@ async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::R
         }
         if job.scan_complete {
             imgfleet_core::job_status::complete_if_done(state, &job.job_id).await?;
+        } else if job.directory_path == imgfleet_api::routes::upload::UPLOAD_SOURCE {
+            // An upload has no scan to resume: the abandoned-upload sweep ends it with the
+            // files it had.
         } else {
             let mut request = ScanRequest::new(job.job_id.clone(), job.collection.clone(), job.directory_path.clone());
             request.only_new = true;

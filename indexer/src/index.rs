@@ -2,7 +2,9 @@
 //! vector store (point id = UUID from the sha256, so a replay rewrites the same point), marks
 //! their dedup entries done, counts them as processed, and only then acks. It also adds the
 //! paths of duplicates (`DuplicatePath` notes) to their stored point and counts them as
-//! duplicates. It runs in the process that owns the vector store (or, on a Qdrant server, in
+//! duplicates. Stored paths move to their new content in the source index, and a job's sweep
+//! removes the paths that vanished from its source ([`crate::sync`]). It runs in the process
+//! that owns the vector store (or, on a Qdrant server, in
 //! `imgfleet-indexer` processes of its own).
 //!
 //! Settling rules: an image of a job that has ended (cancelled, or failed because its
@@ -32,6 +34,8 @@ use imgfleet_core::ports::{
 };
 use async_trait::async_trait;
 use imgfleet_core::stage::{Stage, StageError, StageSpec, Stop, wait_out};
+
+use crate::sync::{SourceSync, SourcedPath, is_orphaned};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -67,11 +71,13 @@ pub struct IndexStage {
     vectors: Arc<dyn VectorStore>,
     config: IndexConfig,
     jobs: JobStatusCache,
+    sources: SourceSync,
 }
 
 impl IndexStage {
     pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, vectors: Arc<dyn VectorStore>, config: IndexConfig) -> Self {
-        Self { queue, state, vectors, config, jobs: JobStatusCache::default() }
+        let sources = SourceSync { state: Arc::clone(&state), vectors: Arc::clone(&vectors) };
+        Self { queue, state, vectors, config, jobs: JobStatusCache::default(), sources }
     }
 
     /// Stores a fetched batch: its images by collection, then its duplicates' paths.
@@ -84,6 +90,10 @@ impl IndexStage {
             match messages::decode_indexer_input(&delivery.payload) {
                 Ok(IndexerInput::Encoded(image)) => images.entry(image.collection.clone()).or_default().push((delivery, image)),
                 Ok(IndexerInput::DuplicatePath(note)) => notes.entry(note.collection.clone()).or_default().push((delivery, note)),
+                Ok(IndexerInput::Sweep(sweep)) => {
+                    let retry = self.config.retry_delay(delivery.deliveries);
+                    self.sources.start_sweep(delivery, sweep, retry);
+                }
                 Err(e) => delivery.settle_or_warn(Settle::Terminate(format!("undecodable indexer input: {e}"))).await,
             }
         }
@@ -122,7 +132,7 @@ impl IndexStage {
     /// Upserts one collection's images, then records them; settles every delivery.
     async fn store(&self, collection: &str, batch: Vec<(Delivery, EncodedImage)>, stop: &Stop) {
         loop {
-            match self.upsert(collection, &batch).await {
+            match self.upsert_and_move(collection, &batch).await {
                 Ok(()) => break,
                 Err(e) if e.pause().is_some() => {
                     if !wait_out("index", batch.iter().map(|(d, _)| d), &e, stop).await {
@@ -202,6 +212,22 @@ impl IndexStage {
         }
     }
 
+    /// Writes the batch's points, then moves their paths to them in the source index (a path
+    /// that held other content leaves that image). Both are safe to repeat.
+    async fn upsert_and_move(&self, collection: &str, batch: &[(Delivery, EncodedImage)]) -> Result<(), StageError> {
+        self.upsert(collection, batch).await?;
+        let items: Vec<SourcedPath<'_>> = batch
+            .iter()
+            .map(|(_, image)| SourcedPath {
+                job_id: &image.job_id,
+                path: &image.payload.path,
+                sha256: &image.payload.sha256,
+                marker: image.marker.as_deref(),
+            })
+            .collect();
+        self.sources.record_sources(&self.jobs, collection, &items).await
+    }
+
     /// Writes the batch's points, keeping the paths a stored point already has (a replay must
     /// not forget the duplicates recorded since).
     async fn upsert(&self, collection: &str, batch: &[(Delivery, EncodedImage)]) -> Result<(), StageError> {
@@ -237,8 +263,10 @@ impl IndexStage {
                 paths.add(path);
             }
             paths.write_to(&mut points[i].payload);
-            // `path` stays the first file seen with this content.
-            if let Some(first) = existing.payload.get("path").filter(|p| p.is_string()) {
+            // `path` stays the first file seen with this content, while it is still one of its
+            // paths (an orphan's last path is not).
+            let listed = string_list(points[i].payload.get("paths"));
+            if let Some(first) = existing.payload.get("path").filter(|p| p.as_str().is_some_and(|p| listed.iter().any(|l| l == p))) {
                 points[i].payload.insert("path".into(), first.clone());
             }
         }
@@ -287,7 +315,7 @@ impl IndexStage {
     async fn add_paths(&self, collection: &str, batch: Vec<(Delivery, DuplicatePath)>, stop: &Stop) {
         let mut batch = batch;
         let found = loop {
-            match self.apply_paths(collection, &batch).await {
+            match self.apply_paths_and_move(collection, &batch).await {
                 Ok(found) => break found,
                 Err(e) if e.pause().is_some() => {
                     if !wait_out("index", batch.iter().map(|(d, _)| d), &e, stop).await {
@@ -345,6 +373,24 @@ impl IndexStage {
         self.complete_jobs(jobs).await;
     }
 
+    /// Adds the notes' paths to their points, then moves those paths to them in the source
+    /// index; returns the ids of the points that exist.
+    async fn apply_paths_and_move(&self, collection: &str, batch: &[(Delivery, DuplicatePath)]) -> Result<BTreeSet<Uuid>, StageError> {
+        let found = self.apply_paths(collection, batch).await?;
+        let items: Vec<SourcedPath<'_>> = batch
+            .iter()
+            .filter(|(_, note)| found.contains(&point_id_for(&note.sha256)))
+            .map(|(_, note)| SourcedPath {
+                job_id: &note.job_id,
+                path: &note.duplicate_path,
+                sha256: &note.sha256,
+                marker: note.marker.as_deref(),
+            })
+            .collect();
+        self.sources.record_sources(&self.jobs, collection, &items).await?;
+        Ok(found)
+    }
+
     /// Adds the notes' paths to their points; returns the ids of the points that exist.
     async fn apply_paths(&self, collection: &str, batch: &[(Delivery, DuplicatePath)]) -> Result<BTreeSet<Uuid>, StageError> {
         let mut wanted: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
@@ -361,12 +407,20 @@ impl IndexStage {
         for record in existing {
             found.insert(record.id);
             let mut paths = PathList::of(&record.payload);
+            let was_empty = paths.is_empty();
             let mut changed = false;
             for path in &wanted[&record.id] {
                 changed |= paths.add(path.clone());
             }
             if changed {
                 let mut update = serde_json::Map::new();
+                if was_empty {
+                    // An orphan (kept by a sync) found a file again.
+                    update.insert("path".into(), Value::from(paths.first().unwrap_or_default()));
+                }
+                if is_orphaned(&record.payload) {
+                    update.insert("orphaned".into(), Value::from(false));
+                }
                 paths.write_to(&mut update);
                 self.vectors.set_payload(collection, record.id, update).await?;
             }
@@ -392,19 +446,19 @@ impl IndexStage {
 
 /// An image's paths as stored: the first [`MAX_PATHS_PER_IMAGE`] in `paths`, the rest counted
 /// in `more_paths`.
-struct PathList {
+pub(crate) struct PathList {
     paths: Vec<String>,
     more: u64,
 }
 
 impl PathList {
-    fn of(payload: &serde_json::Map<String, Value>) -> Self {
+    pub(crate) fn of(payload: &serde_json::Map<String, Value>) -> Self {
         Self { paths: string_list(payload.get("paths")), more: payload.get("more_paths").and_then(Value::as_u64).unwrap_or(0) }
     }
 
     /// Adds `path` unless it is listed; beyond the cap it is only counted (a replay after a
     /// crash may count such a path twice). Returns whether anything changed.
-    fn add(&mut self, path: String) -> bool {
+    pub(crate) fn add(&mut self, path: String) -> bool {
         if self.paths.contains(&path) {
             return false;
         }
@@ -416,7 +470,24 @@ impl PathList {
         true
     }
 
-    fn write_to(self, payload: &mut serde_json::Map<String, Value>) {
+    /// Takes `path` out of the list; a path not listed (beyond the cap, only counted) is left
+    /// alone. Returns whether anything changed.
+    pub(crate) fn remove(&mut self, path: &str) -> bool {
+        let before = self.paths.len();
+        self.paths.retain(|p| p != path);
+        self.paths.len() != before
+    }
+
+    /// No path at all, listed or counted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.more == 0
+    }
+
+    pub(crate) fn first(&self) -> Option<&str> {
+        self.paths.first().map(String::as_str)
+    }
+
+    pub(crate) fn write_to(self, payload: &mut serde_json::Map<String, Value>) {
         payload.insert("paths".into(), Value::from(self.paths));
         if self.more > 0 {
             payload.insert("more_paths".into(), Value::from(self.more));
@@ -424,7 +495,7 @@ impl PathList {
     }
 }
 
-fn string_list(value: Option<&Value>) -> Vec<String> {
+pub(crate) fn string_list(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
         .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
@@ -463,5 +534,21 @@ mod tests {
         assert_eq!(payload["paths"].as_array().unwrap().len(), MAX_PATHS_PER_IMAGE);
         assert_eq!(payload["more_paths"], 5);
         assert_eq!(PathList::of(&payload).more, 5);
+    }
+
+    #[test]
+    fn removing_paths_leaves_the_counted_ones() {
+        let mut payload = serde_json::Map::new();
+        payload.insert("paths".into(), Value::from(vec!["/a".to_owned(), "/b".to_owned()]));
+        let mut list = PathList::of(&payload);
+        assert!(list.remove("/a"));
+        assert!(!list.remove("/a"), "a path not listed changes nothing");
+        assert_eq!(list.first(), Some("/b"));
+        assert!(list.remove("/b") && list.is_empty());
+        payload.insert("more_paths".into(), Value::from(2));
+        let mut list = PathList::of(&payload);
+        list.remove("/a");
+        list.remove("/b");
+        assert!(!list.is_empty(), "paths beyond the cap are still there");
     }
 }

@@ -4,5 +4,6 @@
 //! `imgfleet serve` run it in-process beside the embedded store.
 
 pub mod index;
+mod sync;
 
 pub use index::{IndexConfig, IndexStage};

@@ -32,7 +32,10 @@ use imgfleet_core::job_status::{JobStatusCache, complete_if_done};
 use imgfleet_core::messages::{self, DuplicatePath, FileTask, PreparedImage};
 use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::names::Stream;
-use imgfleet_core::ports::{Claim, Delivery, QueueError, Settle, StateStore, WorkQueue, publish_attempt};
+use imgfleet_core::ports::{
+    BlobStore, Claim, Delivery, ObjectError, ObjectSource, QueueError, Settle, StateStore, WorkQueue, publish_attempt,
+};
+use imgfleet_core::source::{Location, blob_key, file_marker, location, object_marker};
 use imgfleet_core::stage::{OnError, PerDelivery, Stage, StageError, StageSpec, Stop, settle_one};
 use imgfleet_core::workers::WorkerRegistry;
 use tracing::{debug, info};
@@ -40,8 +43,9 @@ use tracing::{debug, info};
 use crate::config::{ConfigError, CpuStageConfig};
 use crate::scan::file_task_id;
 use imgfleet_imaging::failure::{FailureKind, FileFailure};
-use imgfleet_imaging::hash::{read_and_hash, sha256_hex};
+use imgfleet_imaging::hash::{ReadFile, read_and_hash, sha256_hex};
 use imgfleet_imaging::prepare::{PrepareOptions, prepare, prepared_message_bound, sniff_file};
+use imgfleet_imaging::sniff::SniffedFormat;
 
 fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
@@ -77,6 +81,10 @@ pub struct PrepareStage {
     jobs: JobStatusCache,
     /// The live encoder workers, whose batches size `--max-prepared-waiting auto`.
     encoders: Option<Arc<WorkerRegistry>>,
+    /// Where uploaded files are read from.
+    blobs: Option<Arc<dyn BlobStore>>,
+    /// Where files of buckets are read from.
+    objects: Option<Arc<dyn ObjectSource>>,
 }
 
 impl PrepareStage {
@@ -85,7 +93,19 @@ impl PrepareStage {
         let options = config.prepare_options();
         let owner = config.effective_worker_id();
         let concurrency = config.effective_concurrency();
-        Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default(), encoders: None })
+        Ok(Self { queue, state, config, options, owner, concurrency, jobs: JobStatusCache::default(), encoders: None, blobs: None, objects: None })
+    }
+
+    /// Reads uploaded files from `blobs`.
+    pub fn with_blobs(mut self, blobs: Arc<dyn BlobStore>) -> Self {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    /// Reads files of buckets through `objects`.
+    pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
+        self.objects = Some(objects);
+        self
     }
 
     /// Lets as many prepared images wait as the live encoders in `registry` take (with
@@ -128,15 +148,7 @@ impl PrepareStage {
             debug!(job_id = %task.job_id, path = %task.path, "job has ended; file skipped");
             return Ok(Settle::Ack);
         }
-        let path = PathBuf::from(&task.path);
-        let max_bytes = self.config.max_file_bytes;
-        let read = blocking(move || {
-            let file = read_and_hash(&path, max_bytes)?;
-            let format = sniff_file(&file)?;
-            Ok((path, file, format))
-        })
-        .await;
-        let (path, file, format) = match read {
+        let (path, file, format, marker) = match self.read(task).await? {
             Ok(read) => read,
             Err(failure) => return self.fail(task, failure).await,
         };
@@ -147,7 +159,7 @@ impl PrepareStage {
                 debug!(job_id = %task.job_id, path = %task.path, "job has ended; file skipped");
                 Ok(Settle::Ack)
             }
-            Claim::Done { point_id, token } => self.duplicate(task, &sha256, point_id, token).await,
+            Claim::Done { point_id, token } => self.duplicate(task, &sha256, point_id, token, marker).await,
             Claim::HeldByOther { owner, expires_in } => {
                 if deliveries > self.config.held_retries {
                     // A fresh message starts a fresh delivery count: waiting never dead-letters.
@@ -182,6 +194,7 @@ impl PrepareStage {
                     blip_size: self.options.blip_size,
                     blip_pixels: pixels.blip_pixels,
                     claim_token: token.clone(),
+                    marker,
                 };
                 // Coding the pixels is CPU work too: on the blocking pool.
                 let codec = self.config.prepared_codec;
@@ -208,9 +221,9 @@ impl PrepareStage {
         }
     }
 
-    async fn duplicate(&self, task: &FileTask, sha256: &str, point_id: String, token: String) -> Result<Settle, StageError> {
+    async fn duplicate(&self, task: &FileTask, sha256: &str, point_id: String, token: String, marker: Option<String>) -> Result<Settle, StageError> {
         let id = duplicate_path_id(&task.job_id, &task.path, &token);
-        let note = DuplicatePath::new(
+        let mut note = DuplicatePath::new(
             task.job_id.clone(),
             task.collection.clone(),
             sha256.to_owned(),
@@ -218,12 +231,65 @@ impl PrepareStage {
             task.path.clone(),
             token,
         );
+        note.marker = marker;
         // Counted as a duplicate by the indexer, once the path is on the stored image: a
         // completed job then shows every path.
         publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&note)).await?;
         PIPELINE.images.with_label_values(&["cpu", "duplicate"]).inc();
         debug!(job_id = %task.job_id, path = %task.path, sha256, "duplicate");
         Ok(Settle::Ack)
+    }
+
+    /// Reads and hashes the task's file from where it lives (see `imgfleet_core::source`) and
+    /// sniffs its format; also returns the marker of the version read. The outer error is
+    /// transient (a bucket or the blob store away), the inner one the file's failure.
+    async fn read(&self, task: &FileTask) -> Result<Result<(PathBuf, ReadFile, SniffedFormat, Option<String>), FileFailure>, StageError> {
+        let max_bytes = self.config.max_file_bytes;
+        let path = PathBuf::from(&task.path);
+        let fetched = match location(&task.path) {
+            Location::File(_) => {
+                return Ok(blocking(move || {
+                    let file = read_and_hash(&path, max_bytes)?;
+                    let format = sniff_file(&file)?;
+                    let marker = file_marker(file.bytes.len() as u64, file.mtime);
+                    Ok((path, file, format, Some(marker)))
+                })
+                .await);
+            }
+            Location::Object { bucket, key } => {
+                let Some(objects) = &self.objects else {
+                    let detail = "this worker has no object storage configured (see --s3-endpoint)";
+                    return Ok(Err(FileFailure::new(FailureKind::Unreadable, detail)));
+                };
+                match objects.read(bucket, key, max_bytes).await {
+                    Ok(object) => {
+                        let marker = object_marker(object.bytes.len() as u64, object.etag.as_deref());
+                        (object.bytes, object.last_modified, Some(marker))
+                    }
+                    Err(e) => return object_failure(e).map(Err),
+                }
+            }
+            Location::Upload { sha256, .. } => {
+                let Some(blobs) = &self.blobs else {
+                    let detail = "an uploaded file, but this worker has no blob store configured (see --blob-store)";
+                    return Ok(Err(FileFailure::new(FailureKind::Unreadable, detail)));
+                };
+                match blobs.get(&blob_key(&task.collection, sha256), max_bytes).await {
+                    Ok(bytes) => (bytes, None, None),
+                    Err(e) => return object_failure(e).map(Err),
+                }
+            }
+        };
+        let (bytes, mtime, marker) = fetched;
+        Ok(blocking(move || {
+            if bytes.is_empty() {
+                return Err(FileFailure::new(FailureKind::Empty, "the file is empty"));
+            }
+            let file = ReadFile { sha256: sha256_hex(&bytes), bytes, mtime };
+            let format = sniff_file(&file)?;
+            Ok((path, file, format, marker))
+        })
+        .await)
     }
 
     async fn fail(&self, task: &FileTask, failure: FileFailure) -> Result<Settle, StageError> {
@@ -281,6 +347,16 @@ static PREPARED_LIMIT: std::sync::LazyLock<prometheus::IntGauge> = std::sync::La
         .expect("valid metric"),
     )
 });
+
+/// A missing or oversized object is the file's failure; anything else is transient.
+fn object_failure(e: ObjectError) -> Result<FileFailure, StageError> {
+    match e {
+        ObjectError::NotFound(what) => Ok(FileFailure::new(FailureKind::Vanished, format!("{what} is gone"))),
+        ObjectError::TooLarge { bytes, limit, .. } => Ok(FileFailure::new(FailureKind::TooLarge, format!("file is {bytes} bytes; the limit is {limit}"))),
+        ObjectError::Denied(detail) => Ok(FileFailure::new(FailureKind::Unreadable, format!("access denied: {detail}"))),
+        other => Err(other.into()),
+    }
+}
 
 /// Runs CPU-heavy work on the blocking pool. A panic inside is the file's fault (a decoder bug
 /// on hostile input): it fails the file instead of the worker.

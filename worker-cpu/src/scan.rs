@@ -2,6 +2,12 @@
 //! directory ([`crate::walk`]) on a blocking thread and publishes one `FileTask` per candidate
 //! on `Stream::Files`. The walk hands candidates over a bounded channel and pauses while the
 //! files stream is full, so a huge tree never runs far ahead of the prepare stage.
+//!
+//! Re-ingest stays cheap: a candidate whose marker (size and mtime, see
+//! [`imgfleet_core::source`]) is the one the source index holds for its path, and whose content
+//! is stored, is counted as a duplicate at once, with no file task (so no hashing). Once the walk
+//! is complete, a [`SweepRequest`] asks the indexer to remove the paths that vanished; the
+//! indexer then marks the scan complete.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +15,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use imgfleet_core::domain::JobStatus;
-use imgfleet_core::messages::{self, FileTask, ScanRequest};
+use imgfleet_core::ports::DedupEntry;
+use imgfleet_core::source::{Source, file_marker};
+use imgfleet_core::domain::{ItemOutcome, point_id_for};
+use imgfleet_core::messages::{self, FileTask, ScanRequest, SweepRequest};
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
 use imgfleet_core::stage::{OnError, PerDelivery, Stage, StageError, StageSpec, Stop, settle_one};
@@ -56,6 +65,8 @@ pub const DEFAULT_MAX_WAITING_FILES: u64 = 10_000;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanSummary {
     pub candidates: u64,
+    /// Candidates that were the version of their path already stored: no file task.
+    pub unchanged: u64,
     pub skipped: u64,
 }
 
@@ -219,7 +230,8 @@ impl ScanStage {
                     Err(_) => break,
                 }
             }
-            let mut candidates = Vec::new();
+            // (path, marker): a listing gives the marker; a walked file is stat'ed below.
+            let mut candidates: Vec<(String, Option<String>)> = Vec::new();
             for item in group {
                 match item {
                     Err(e) => {
@@ -229,7 +241,7 @@ impl ScanStage {
                         imgfleet_core::job_status::fail_job(self.state.as_ref(), job_id, &reason).await?;
                         return Ok(Settle::Ack);
                     }
-                    Ok(WalkItem::Candidate(path)) => candidates.push(path.to_string_lossy().into_owned()),
+                    Ok(WalkItem::Candidate(path)) => candidates.push((path.to_string_lossy().into_owned(), None)),
                     Ok(WalkItem::Skipped { path, reason }) => {
                         summary.skipped += 1;
                         if summary.skipped <= MAX_SKIP_LOG_LINES {
@@ -238,17 +250,20 @@ impl ScanStage {
                     }
                 }
             }
-            let recorded = futures::future::join_all(candidates.iter().map(|path| self.state.record_discovered(job_id, path))).await;
+            let recorded = futures::future::join_all(candidates.iter().map(|(path, _)| self.state.record_discovered(job_id, path))).await;
             let mut new = Vec::with_capacity(candidates.len());
-            for (path, result) in candidates.into_iter().zip(recorded) {
+            for (candidate, result) in candidates.into_iter().zip(recorded) {
                 if result? || !only_new {
-                    new.push(path);
+                    new.push(candidate);
                 }
             }
-            let candidates = new;
-            self.publish_tasks(request, &candidates, delivery).await?;
-            summary.candidates += candidates.len() as u64;
-            imgfleet_core::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(candidates.len() as u64);
+            let found = new.len() as u64;
+            let changed = self.settle_unchanged(request, new).await?;
+            self.publish_tasks(request, &changed, delivery).await?;
+            summary.candidates += found;
+            summary.unchanged += found - changed.len() as u64;
+            imgfleet_core::metrics::PIPELINE.images.with_label_values(&["scan", "discovered"]).inc_by(found);
+            imgfleet_core::metrics::PIPELINE.images.with_label_values(&["scan", "unchanged"]).inc_by(found - changed.len() as u64);
             if let Some(job) = self.state.job(job_id).await? {
                 if job.status.is_final() {
                     info!(job_id, status = ?job.status, candidates = summary.candidates, "job ended; scan stopped");
@@ -265,17 +280,87 @@ impl ScanStage {
             .append_log(
                 job_id,
                 &format!(
-                    "scan complete: {} {}files found, {} entries skipped",
+                    "scan complete: {} {}files found ({} unchanged since they were stored), {} entries skipped",
                     summary.candidates,
                     if only_new { "more " } else { "" },
+                    summary.unchanged,
                     summary.skipped
                 ),
             )
             .await?;
-        self.state.mark_scan_complete(job_id).await?;
-        imgfleet_core::job_status::complete_if_done(self.state.as_ref(), job_id).await?;
-        info!(job_id, candidates = summary.candidates, skipped = summary.skipped, "scan complete");
+        // The indexer removes the vanished paths, then marks the scan complete (and the job
+        // completed once everything is settled): the job never ends before the sweep.
+        let prefix = match Source::parse(&request.directory_path) {
+            Ok(source) => source.path_prefix(),
+            Err(e) => {
+                imgfleet_core::job_status::fail_job(self.state.as_ref(), job_id, &format!("cannot sync the source: {e}")).await?;
+                return Ok(Settle::Ack);
+            }
+        };
+        let sweep = SweepRequest {
+            schema_version: imgfleet_core::domain::SCHEMA_VERSION,
+            job_id: job_id.to_owned(),
+            collection: request.collection.clone(),
+            prefix,
+            keep_orphans: request.keep_orphans,
+        };
+        self.queue.publish(Stream::Encoded, &format!("sweep:{job_id}:{}", request.resumes), messages::encode(&sweep)).await?;
+        info!(job_id, candidates = summary.candidates, unchanged = summary.unchanged, skipped = summary.skipped, "scan complete; sweep requested");
         Ok(Settle::Ack)
+    }
+
+    /// Counts as duplicates the candidates that are the version of their path already stored
+    /// (same marker in the source index, content done in the collection) and returns the others,
+    /// whose file tasks must be published. A file that cannot be stat'ed is left to the prepare
+    /// stage, which reports why it cannot be read.
+    async fn settle_unchanged(&self, request: &ScanRequest, candidates: Vec<(String, Option<String>)>) -> Result<Vec<String>, StageError> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (paths, markers): (Vec<String>, Vec<Option<String>>) = candidates.into_iter().unzip();
+        let unknown: Vec<(usize, String)> = markers.iter().zip(&paths).enumerate().filter(|(_, (m, _))| m.is_none()).map(|(i, (_, p))| (i, p.clone())).collect();
+        let mut markers = markers;
+        if !unknown.is_empty() {
+            // Many small syscalls on a possibly slow mount: off the async runtime.
+            let stated = tokio::task::spawn_blocking(move || {
+                unknown
+                    .into_iter()
+                    .map(|(i, path)| (i, std::fs::metadata(&path).ok().map(|m| file_marker(m.len(), m.modified().ok()))))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| StageError::Thread(format!("stat thread failed: {e}")))?;
+            for (i, marker) in stated {
+                markers[i] = marker;
+            }
+        }
+        let collection = request.collection.as_str();
+        let entries = self.state.source_entries(collection, &paths).await?;
+        let same: Vec<usize> = (0..paths.len())
+            .filter(|&i| matches!((&markers[i], &entries[i]), (Some(now), Some(entry)) if *now == entry.marker))
+            .collect();
+        let shas: std::collections::BTreeSet<&str> = same.iter().filter_map(|&i| entries[i].as_ref()).map(|e| e.sha256.as_str()).collect();
+        let done = futures::future::join_all(shas.iter().map(|sha| self.state.dedup_entry(collection, sha))).await;
+        let mut stored = std::collections::BTreeSet::new();
+        for (sha, entry) in shas.iter().zip(done) {
+            if matches!(entry?, Some(DedupEntry::Done { .. })) {
+                stored.insert(*sha);
+            }
+        }
+        let mut unchanged = vec![false; paths.len()];
+        for &i in &same {
+            unchanged[i] = entries[i].as_ref().is_some_and(|e| stored.contains(e.sha256.as_str()));
+        }
+        let outcomes = futures::future::join_all(paths.iter().zip(&entries).zip(&unchanged).filter(|(_, u)| **u).map(|((path, entry), _)| {
+            let sha = entry.as_ref().map_or("", |e| e.sha256.as_str());
+            let outcome = ItemOutcome::Duplicate { existing_id: point_id_for(sha).to_string() };
+            async move { self.state.record_outcome(&request.job_id, path, &outcome).await }
+        }))
+        .await;
+        for result in outcomes {
+            result?;
+        }
+        Ok(paths.into_iter().zip(unchanged).filter(|(_, u)| !u).map(|(p, _)| p).collect())
     }
 }
 

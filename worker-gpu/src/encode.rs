@@ -308,6 +308,7 @@ impl EncodeStage {
             payload,
             embedding,
             claim_token: image.claim_token,
+            marker: image.marker,
         };
         let how = match publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&encoded)).await {
             Ok(_) => {

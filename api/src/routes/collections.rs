@@ -113,6 +113,13 @@ pub async fn delete_collection(State(app): State<AppState>, Path(name): Path<Str
     // After the points are gone: a done mark written meanwhile is removed, and a later one for a
     // claim taken before is refused (the clear moves the collection's dedup generation on).
     app.state.clear_dedup(Some(name.as_str())).await?;
+    if let Some(uploads) = &app.uploads {
+        // Uploaded originals are kept per collection: none is shown by another one.
+        match uploads.blobs.delete_prefix(&format!("{name}/")).await {
+            Ok(removed) => tracing::info!(collection = %name, removed, "uploaded originals removed"),
+            Err(e) => tracing::warn!(collection = %name, error = %e, "removing the collection's uploaded originals failed; they stay in the blob store"),
+        }
+    }
     if app.active_collection() == name {
         app.select_collection(app.default_collection.clone()).await?;
     }

@@ -6,7 +6,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-use crate::routes::{collections, duplicates, health, images, ingest, search, workers};
+use crate::routes::{collections, duplicates, health, images, ingest, search, upload, watches, workers};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -16,10 +16,12 @@ use crate::state::AppState;
         collections::list_collections, collections::create_collection, collections::get_collection,
         collections::delete_collection, collections::select_collection, collections::clear_cache,
         search::search,
-        images::list_images, images::get_image, images::random_image, images::image_file, images::image_thumbnail,
-        ingest::start_ingest, ingest::job_status, ingest::list_jobs, ingest::cancel_job,
+        images::list_images, images::get_image, images::delete_image, images::random_image, images::image_file, images::image_thumbnail,
+        upload::exists,
+        ingest::start_ingest, upload::upload, ingest::job_status, ingest::list_jobs, ingest::cancel_job,
         duplicates::find_duplicates,
         workers::list_workers,
+        watches::create_watch, watches::list_watches, watches::get_watch, watches::delete_watch,
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(crate::error::ErrorBody)),

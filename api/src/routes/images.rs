@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use imgfleet_core::source::{Location, blob_key, location};
 use axum::{Json, Router};
 use imgfleet_core::domain::{ImageRecord, ListQuery};
 use imgfleet_core::filter::{FilterExpr, SortOrder, SortSpec};
@@ -34,7 +35,7 @@ pub const MAX_PAGE: usize = MAX_LIST_DEPTH;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/images", get(list_images))
-        .route("/images/{id}", get(get_image))
+        .route("/images/{id}", get(get_image).delete(delete_image))
         .route("/images/{id}/file", get(image_file))
         .route("/images/{id}/thumbnail", get(image_thumbnail))
         .route("/random", get(random_image))
@@ -183,6 +184,73 @@ pub struct ThumbnailParams {
     pub collection: Option<String>,
 }
 
+#[derive(Serialize, Deserialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct DeletedImage {
+    pub id: Uuid,
+    pub collection: String,
+    pub sha256: Option<String>,
+    /// The paths the image had (its source-index entries are gone with it).
+    pub paths: Vec<String>,
+    /// Its uploaded original was removed from the blob store.
+    pub blob_removed: bool,
+}
+
+/// Deletes an image: its point, its dedup entry (the content is processed again when next
+/// seen), the source-index entries of its paths and, if it was uploaded, its original.
+#[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", params(("id" = Uuid, Path), CollectionParam),
+    responses((status = 200, body = DeletedImage), (status = 404, body = ErrorBody)))]
+pub async fn delete_image(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<CollectionParam>,
+) -> AppResult<Json<DeletedImage>> {
+    let collection = app.collection_or_active(params.collection.as_deref())?;
+    let id = parse_id(&id)?;
+    let record = app
+        .vectors
+        .get(collection.as_str(), &[id], false)
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))?;
+    let paths = StoredOriginal::paths_of(&record.payload);
+    let sha256 = record.payload.get("sha256").and_then(|v| v.as_str()).map(str::to_owned);
+    // The point first: whatever fails after it heals itself (a done entry whose point is gone
+    // is forgotten when its content is next seen).
+    app.vectors.delete_points(collection.as_str(), &[id]).await?;
+    if let Some(sha) = &sha256 {
+        app.state.remove_dedup(collection.as_str(), sha).await?;
+    }
+    app.state.remove_source_entries(None, collection.as_str(), &paths).await?;
+    let mut blob_removed = false;
+    if let (Some(uploads), Some(sha)) = (&app.uploads, &sha256) {
+        if paths.iter().any(|p| matches!(location(p), Location::Upload { .. })) {
+            match uploads.blobs.delete(&blob_key(collection.as_str(), sha)).await {
+                Ok(()) => blob_removed = true,
+                Err(e) => tracing::warn!(%id, error = %e, "removing a deleted image's uploaded original failed; it stays in the blob store"),
+            }
+        }
+    }
+    tracing::info!(%id, collection = %collection, paths = paths.len(), "image deleted");
+    Ok(Json(DeletedImage { id, collection: collection.as_str().to_owned(), sha256, paths, blob_removed }))
+}
+
+/// The uploaded original of `stored`, read whole from the blob store; `None` when the image
+/// was not uploaded (or this server has no blob store).
+async fn uploaded_original(app: &AppState, collection: &str, stored: &StoredOriginal, max_bytes: u64) -> AppResult<Option<Vec<u8>>> {
+    let Some(uploads) = &app.uploads else { return Ok(None) };
+    if !stored.paths.iter().any(|p| matches!(location(p), Location::Upload { .. })) {
+        return Ok(None);
+    }
+    match uploads.blobs.get(&blob_key(collection, &stored.sha256), max_bytes).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(imgfleet_core::ports::ObjectError::NotFound(_)) => Ok(None),
+        Err(imgfleet_core::ports::ObjectError::TooLarge { bytes, limit, .. }) => {
+            Err(AppError::invalid(format!("the uploaded original is {bytes} bytes, over the {limit} this server reads")))
+        }
+        Err(e) => Err(AppError::unavailable(format!("reading the uploaded original: {e}"))),
+    }
+}
+
 /// The stored image `id` and what a file must be to be served as its original.
 async fn stored_original(app: &AppState, collection: Option<&str>, id: &str) -> AppResult<(Uuid, StoredOriginal, ImageRecord)> {
     let collection = app.collection_or_active(collection)?;
@@ -279,6 +347,20 @@ pub async fn image_file(
     ApiQuery(params): ApiQuery<CollectionParam>,
 ) -> AppResult<Response> {
     let (id, stored, record) = stored_original(&app, params.collection.as_deref(), &id).await?;
+    let kind = content_type(record.payload.get("format").and_then(|v| v.as_str()));
+    let collection = app.collection_or_active(params.collection.as_deref())?;
+    if let Some(bytes) = uploaded_original(&app, collection.as_str(), &stored, stored.bytes).await? {
+        let name = record.payload.get("filename").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        return Ok((
+            [
+                (header::CONTENT_TYPE, kind.to_owned()),
+                (header::CONTENT_DISPOSITION, content_disposition(&name)),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            ],
+            bytes,
+        )
+            .into_response());
+    }
     let roots = app.ingest_roots.clone();
     let timeout = open_timeout(stored.bytes);
     let open = app
@@ -286,7 +368,6 @@ pub async fn image_file(
         .run("opening the original", timeout, move || open_original(&stored, &roots))
         .await?
         .map_err(|e| original_error(id, e))?;
-    let kind = content_type(record.payload.get("format").and_then(|v| v.as_str()));
     let name = open.real_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
     let len = open.len;
     let body = Body::from_stream(stream_file(app.clone(), open.file, len));
@@ -320,20 +401,25 @@ pub async fn image_thumbnail(
         return Err(AppError::unavailable("this server renders no thumbnails"));
     };
     let (id, stored, _) = stored_original(&app, params.collection.as_deref(), &id).await?;
+    let collection = app.collection_or_active(params.collection.as_deref())?;
     let _slot = app.thumbnail_slots.enter().await?;
     let roots = app.ingest_roots.clone();
     let max_bytes = thumbnailer.max_file_bytes();
-    let timeout = open_timeout(stored.bytes) + open_timeout(stored.bytes);
-    let (path, bytes) = app
-        .fs
-        .run("reading the original", timeout, move || {
-            let open = open_original(&stored, &roots)?;
-            let path = open.real_path.display().to_string();
-            let bytes = read_all(open, max_bytes).map_err(|e| OriginalError::Unreadable(format!("{path}: {e}")))?;
-            Ok::<_, OriginalError>((path, bytes))
-        })
-        .await?
-        .map_err(|e| original_error(id, e))?;
+    let (path, bytes) = match uploaded_original(&app, collection.as_str(), &stored, max_bytes).await? {
+        Some(bytes) => (stored.paths[0].clone(), bytes),
+        None => {
+            let timeout = open_timeout(stored.bytes) + open_timeout(stored.bytes);
+            app.fs
+                .run("reading the original", timeout, move || {
+                    let open = open_original(&stored, &roots)?;
+                    let path = open.real_path.display().to_string();
+                    let bytes = read_all(open, max_bytes).map_err(|e| OriginalError::Unreadable(format!("{path}: {e}")))?;
+                    Ok::<_, OriginalError>((path, bytes))
+                })
+                .await?
+                .map_err(|e| original_error(id, e))?
+        }
+    };
     let jpeg = tokio::task::spawn_blocking(move || thumbnailer.render(&bytes, size))
         .await
         .map_err(|e| AppError::internal(e.to_string()))?

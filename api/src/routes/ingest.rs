@@ -43,6 +43,10 @@ pub struct IngestRequest {
     /// Collection to fill; default: the selected one. Created (with the model's vector size)
     /// if it does not exist.
     pub collection: Option<String>,
+    /// Ingesting a source again brings the collection in line with it (see the README, Sync):
+    /// an image left with no path is deleted, or with `true` kept and marked `orphaned`.
+    #[serde(default)]
+    pub keep_orphans: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -201,33 +205,47 @@ pub fn resolve_ingest_path(roots: &[std::path::PathBuf], requested: &str) -> App
     responses((status = 202, body = IngestAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn start_ingest(State(app): State<AppState>, ApiJson(body): ApiJson<IngestRequest>) -> AppResult<(StatusCode, Json<IngestAccepted>)> {
+    let collection = app.collection_or_active(body.collection.as_deref())?;
+    let source = resolve_source(&app, &body.directory_path).await?;
+    let job_id = queue_ingest(&app, collection.as_str(), &source, body.keep_orphans.unwrap_or(false)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(IngestAccepted { job_id, status: JobStatus::Queued, collection: collection.as_str().to_owned(), directory_path: source }),
+    ))
+}
+
+/// The source a request names, checked against the ingest roots and resolved (a directory to
+/// its canonical path).
+pub(crate) async fn resolve_source(app: &AppState, requested: &str) -> AppResult<String> {
+    let (roots, requested) = (app.ingest_roots.clone(), requested.to_owned());
+    let directory = app.fs.run("checking the ingest path", FS_CALL_TIMEOUT, move || resolve_ingest_path(&roots, &requested)).await??;
+    Ok(directory.to_string_lossy().into_owned())
+}
+
+/// Records a job for the (resolved) `source` into `collection` (made if missing) and queues its
+/// scan; returns the job id.
+pub(crate) async fn queue_ingest(app: &AppState, collection: &str, source: &str, keep_orphans: bool) -> AppResult<String> {
     let Some(queue) = app.queue.clone() else {
         return Err(AppError::unavailable("this server runs without a pipeline and cannot ingest"));
     };
-    let collection = app.collection_or_active(body.collection.as_deref())?;
-    let (roots, requested) = (app.ingest_roots.clone(), body.directory_path.clone());
-    let directory = app.fs.run("checking the ingest path", FS_CALL_TIMEOUT, move || resolve_ingest_path(&roots, &requested)).await??;
-    ensure_collection(&app, collection.as_str()).await?;
+    ensure_collection(app, collection).await?;
     let job_id = Uuid::new_v4().to_string();
-    let directory_path = directory.to_string_lossy().into_owned();
-    let job = JobRecord::new(job_id.clone(), collection.as_str().to_owned(), directory_path.clone());
+    let job = JobRecord::new(job_id.clone(), collection.to_owned(), source.to_owned());
     app.state.create_job(&job).await?;
-    let request = ScanRequest::new(job_id.clone(), collection.as_str().to_owned(), directory_path.clone());
+    let mut request = ScanRequest::new(job_id.clone(), collection.to_owned(), source.to_owned());
+    request.keep_orphans = keep_orphans;
     if let Err(e) = queue.publish(Stream::Scan, &job_id, messages::encode(&request)).await {
         let reason = format!("the scan request could not be queued: {e}");
         let _ = imgfleet_core::job_status::fail_job(app.state.as_ref(), &job_id, &reason).await;
         return Err(AppError::unavailable(reason));
     }
-    tracing::info!(job_id, collection = %collection, directory = %directory_path, "ingest job queued");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(IngestAccepted { job_id, status: JobStatus::Queued, collection: collection.as_str().to_owned(), directory_path }),
-    ))
+    tracing::info!(job_id, collection, source, "ingest job queued");
+    Ok(job_id)
 }
 
 /// The collection exists, or is created with the encoder's vector size; an existing one must
 /// fit the encoder's embeddings.
-async fn ensure_collection(app: &AppState, collection: &str) -> AppResult<()> {
+pub(crate) async fn ensure_collection(app: &AppState, collection: &str) -> AppResult<()> {
     let dim = app.encoder.as_ref().map(|e| e.capabilities().embedding_dim);
     match app.vectors.collection(collection).await {
         Ok(info) => match dim {
@@ -325,7 +343,7 @@ mod tests {
     #[test]
     fn progress_eta_and_result() {
         let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:10Z").unwrap().with_timezone(&Utc);
-        let counts = JobCounts { discovered: 100, processed: 20, duplicates: 3, failed: 2 };
+        let counts = JobCounts { discovered: 100, processed: 20, duplicates: 3, failed: 2, ..JobCounts::default() };
         let view = JobView::of(record(JobStatus::Running, counts, true), now);
         assert_eq!(view.progress, 25.0);
         // 25 settled in 10 s: 75 left take 30 s.
@@ -334,7 +352,7 @@ mod tests {
         let scanning = JobView::of(record(JobStatus::Running, counts, false), now);
         assert_eq!(scanning.eta_seconds, None, "no ETA while the total is unknown");
 
-        let mut done = record(JobStatus::Completed, JobCounts { discovered: 10, processed: 8, duplicates: 1, failed: 1 }, true);
+        let mut done = record(JobStatus::Completed, JobCounts { discovered: 10, processed: 8, duplicates: 1, failed: 1, ..JobCounts::default() }, true);
         done.finished_at = Some("2026-01-01T00:00:05.000Z".into());
         let view = JobView::of(done, now);
         assert_eq!(view.progress, 100.0);

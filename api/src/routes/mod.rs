@@ -5,4 +5,6 @@ pub mod health;
 pub mod images;
 pub mod ingest;
 pub mod search;
+pub mod upload;
+pub mod watches;
 pub mod workers;

@@ -193,6 +193,22 @@ impl Api {
         })
     }
 
+    /// Posts a multipart form (an upload) and reads the JSON answer.
+    pub(super) async fn send_multipart(&self, url: Url, form: reqwest::multipart::Form) -> Result<Value, ClientError> {
+        let what = format!("POST {}", url.path());
+        let mut request = self.client.post(url).header("accept", "application/json").multipart(form);
+        if let Some(key) = &self.api_key {
+            request = request.header("x-api-key", key);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(&what, e))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport_error(&what, e))?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Other(format!("{what}: the answer is not JSON ({e})")))
+    }
+
     fn transport_error(&self, what: &str, e: reqwest::Error) -> ClientError {
         if e.is_connect() {
             return ClientError::Unreachable { server: self.server() };

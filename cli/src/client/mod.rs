@@ -1,4 +1,4 @@
-//! Client commands: `imgfleet ingest`, `status`, `cancel`, `jobs` and `search` talk to a running
+//! Client commands: `imgfleet ingest`, `upload`, `status`, `cancel`, `jobs` and `search` talk to a running
 //! `imgfleet serve` over HTTP. Each `run_*` gives the process exit code; errors come back as
 //! `anyhow` errors whose text is what [`exit_code`] prints after `error: `.
 //!
@@ -15,12 +15,14 @@ mod jobs;
 mod progress;
 mod search;
 mod status;
+mod upload;
 
 pub use cancel::{CancelArgs, run_cancel};
 pub use ingest::{IngestArgs, run_ingest};
 pub use jobs::{JobsArgs, run_jobs};
 pub use search::{SearchArgs, run_search};
 pub use status::{StatusArgs, run_status};
+pub use upload::{UploadArgs, run_upload};
 
 /// Exit code of a command run, printing its error (`error: …`) to stderr.
 pub fn exit_code(result: anyhow::Result<i32>) -> i32 {

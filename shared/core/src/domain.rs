@@ -288,6 +288,15 @@ pub struct JobCounts {
     pub processed: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// Paths whose content changed since they were last stored: each moved to its new content
+    /// (counted in `processed` or `duplicates` too) and left its old image.
+    #[serde(default)]
+    pub updated: u64,
+    /// Paths of the source that vanished since they were last stored: each left its image (an
+    /// image with no path left is deleted, or kept and marked `orphaned`). Not discovered, so not
+    /// in the other counts.
+    #[serde(default)]
+    pub removed: u64,
 }
 
 impl JobCounts {
@@ -345,6 +354,33 @@ impl JobRecord {
 /// The current time as RFC 3339 with millisecond precision, UTC.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A source kept in sync with a collection (`/api/v1/watches`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WatchRecord {
+    pub watch_id: String,
+    /// A directory or `s3://bucket/prefix` (see [`crate::source::Source`]).
+    pub source: String,
+    pub collection: String,
+    /// Seconds between rescans; file-system notifications trigger one sooner where they work.
+    pub interval_secs: u64,
+    /// Keep images with no path left (marked) instead of deleting them.
+    #[serde(default)]
+    pub keep_orphans: bool,
+    pub created_at: String,
+    /// The last sync job started for it.
+    #[serde(default)]
+    pub last_job_id: Option<String>,
+    /// When the last sync started.
+    #[serde(default)]
+    pub last_sync_at: Option<String>,
+    /// When a sync last changed the collection (processed, updated or removed a path).
+    #[serde(default)]
+    pub last_change_at: Option<String>,
+    /// Counts of the last finished sync.
+    #[serde(default)]
+    pub last_counts: Option<JobCounts>,
 }
 
 /// Pixels ready for a model: tightly packed RGB8, row-major.

@@ -152,6 +152,11 @@ pub async fn fail_given_up(state: &dyn StateStore, stream: crate::names::Stream,
                 (image.job_id, image.payload.path)
             }
             Ok(IndexerInput::DuplicatePath(note)) => (note.job_id, note.duplicate_path),
+            // The scan's last step never finished: the job would wait for it forever.
+            Ok(IndexerInput::Sweep(sweep)) => {
+                fail_job(state, &sweep.job_id, &format!("sync sweep {reason}")).await?;
+                return Ok(());
+            }
             Err(_) => return Ok(()),
         },
     };

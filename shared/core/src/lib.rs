@@ -12,6 +12,7 @@ pub mod names;
 pub mod pixel_codec;
 pub mod ports;
 pub mod secret;
+pub mod source;
 pub mod stage;
 pub mod telemetry;
 pub mod units;

@@ -21,6 +21,10 @@ pub struct ScanRequest {
     /// Times this job's scan was interrupted and handed on as a fresh request.
     #[serde(default)]
     pub resumes: u32,
+    /// Carried to the [`SweepRequest`]: keep an image that has no path left (marked
+    /// `orphaned: true`) instead of deleting it.
+    #[serde(default)]
+    pub keep_orphans: bool,
 }
 
 /// One candidate file found by the scan.
@@ -29,6 +33,8 @@ pub struct FileTask {
     pub schema_version: u32,
     pub job_id: String,
     pub collection: String,
+    /// The file's identity (see [`crate::source`]): a local path, `s3://bucket/key` or
+    /// `upload://<sha256>/<name>`.
     pub path: String,
 }
 
@@ -52,6 +58,10 @@ pub struct PreparedImage {
     /// at once), and marks it done once stored.
     #[serde(default)]
     pub claim_token: String,
+    /// The version of the file that was read (see [`crate::source`]), for the source index;
+    /// `None` for uploads.
+    #[serde(default)]
+    pub marker: Option<String>,
 }
 
 /// Embedding and caption of one image, ready to index.
@@ -65,6 +75,9 @@ pub struct EncodedImage {
     /// The dedup claim's token, carried from the `PreparedImage`.
     #[serde(default)]
     pub claim_token: String,
+    /// Carried from the `PreparedImage`.
+    #[serde(default)]
+    pub marker: Option<String>,
 }
 
 /// "This file has the same content as a stored image": the CPU stage found the content's
@@ -86,12 +99,32 @@ pub struct DuplicatePath {
     /// Token of the acquisition whose done entry said "stored" (see `StateStore::forget_done`).
     #[serde(default)]
     pub done_token: String,
+    /// The version of the file that was read (see [`crate::source`]); `None` for uploads.
+    #[serde(default)]
+    pub marker: Option<String>,
 }
 
 impl DuplicatePath {
     pub fn new(job_id: String, collection: String, sha256: String, point_id: String, duplicate_path: String, done_token: String) -> Self {
-        Self { schema_version: SCHEMA_VERSION, job_id, collection, sha256, point_id, duplicate_path, done_token }
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, sha256, point_id, duplicate_path, done_token, marker: None }
     }
+}
+
+/// "The scan of this job's source is complete: bring the collection in line with it." Published
+/// on `Stream::Encoded` by the scan once every file task is published; the indexer removes from
+/// their images the paths under `prefix` that the job did not discover (the files vanished),
+/// deletes an image left with no path (unless `keep_orphans`), counts them as `removed`, and
+/// only then marks the job's scan complete. Message id: `sweep:{job_id}:{resumes}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepRequest {
+    pub schema_version: u32,
+    pub job_id: String,
+    pub collection: String,
+    /// Every path of the source starts with this ([`crate::source::Source::path_prefix`]).
+    pub prefix: String,
+    /// Keep an image that has no path left (marked `orphaned: true`) instead of deleting it.
+    #[serde(default)]
+    pub keep_orphans: bool,
 }
 
 /// What arrives on `Stream::Encoded`. The two shapes are told apart by their fields (an
@@ -101,6 +134,7 @@ impl DuplicatePath {
 pub enum IndexerInput {
     DuplicatePath(DuplicatePath),
     Encoded(EncodedImage),
+    Sweep(SweepRequest),
 }
 
 impl Versioned for IndexerInput {
@@ -108,6 +142,7 @@ impl Versioned for IndexerInput {
         match self {
             Self::DuplicatePath(m) => m.schema_version,
             Self::Encoded(m) => m.schema_version,
+            Self::Sweep(m) => m.schema_version,
         }
     }
 }
@@ -129,7 +164,7 @@ macro_rules! versioned {
         }
     )*};
 }
-versioned!(ScanRequest, FileTask, PreparedImage, EncodedImage, DuplicatePath);
+versioned!(ScanRequest, FileTask, PreparedImage, EncodedImage, DuplicatePath, SweepRequest);
 
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +191,7 @@ pub fn decode<T: for<'de> Deserialize<'de> + Versioned>(bytes: &[u8]) -> Result<
 
 impl ScanRequest {
     pub fn new(job_id: String, collection: String, directory_path: String) -> Self {
-        Self { schema_version: SCHEMA_VERSION, job_id, collection, directory_path, only_new: false, resumes: 0 }
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, directory_path, only_new: false, resumes: 0, keep_orphans: false }
     }
 }
 
@@ -219,6 +254,8 @@ struct PreparedHeaderRef<'a> {
     clip_size: u32,
     blip_size: u32,
     claim_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    marker: Option<&'a str>,
     clip_len: usize,
     blip_len: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -235,6 +272,8 @@ struct PreparedHeader {
     blip_size: u32,
     #[serde(default)]
     claim_token: String,
+    #[serde(default)]
+    marker: Option<String>,
     clip_len: usize,
     blip_len: usize,
     /// Version 2 only: how the pixels are coded.
@@ -268,6 +307,7 @@ pub fn encode_prepared_with(message: &PreparedImage, codec: PixelCodec) -> Vec<u
         clip_size: message.clip_size,
         blip_size: message.blip_size,
         claim_token: &message.claim_token,
+        marker: message.marker.as_deref(),
         clip_len: clip.len(),
         blip_len: blip.len(),
         pixel_codec: (codec != PixelCodec::Raw).then(|| codec.as_str()),
@@ -332,6 +372,7 @@ pub fn decode_prepared(bytes: &[u8]) -> Result<PreparedImage, DecodeError> {
         blip_size: header.blip_size,
         blip_pixels: blip,
         claim_token: header.claim_token,
+        marker: header.marker,
     })
 }
 
@@ -361,6 +402,7 @@ mod tests {
             blip_size: 1,
             blip_pixels: vec![7, 8, 9],
             claim_token: "3.ab".into(),
+            marker: None,
         };
         let bytes = encode_prepared(&image);
         assert!(bytes.len() < encode(&image).len());
@@ -387,6 +429,7 @@ mod tests {
             blip_size: side,
             blip_pixels: pixels(2),
             claim_token: "3.ab".into(),
+            marker: Some("f:10:1500".into()),
         };
         let raw = encode_prepared_with(&image, PixelCodec::Raw);
         assert!(raw.starts_with(b"IFP1"), "raw pixels keep the version every worker reads");
@@ -419,8 +462,11 @@ mod tests {
             payload: ImagePayload { sha256: "ab".into(), path: "/x/a.jpg".into(), ..ImagePayload::default() },
             embedding: vec![0.5, -0.5],
             claim_token: "0.ab".into(),
+            marker: Some("f:10:1500".into()),
         };
         assert_eq!(decode_indexer_input(&encode(&encoded)).unwrap(), IndexerInput::Encoded(encoded));
+        let sweep = SweepRequest { schema_version: SCHEMA_VERSION, job_id: "j".into(), collection: "c".into(), prefix: "/x/".into(), keep_orphans: false };
+        assert_eq!(decode_indexer_input(&encode(&sweep)).unwrap(), IndexerInput::Sweep(sweep));
         assert!(decode_indexer_input(b"{}").is_err());
     }
 }

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::messages::{self, Versioned};
 use crate::names::Stream;
 use crate::ports::state::FULL_DISK_PAUSE;
-use crate::ports::{Delivery, QueueError, Settle, StateError, VectorError, WorkQueue, retry_backoff};
+use crate::ports::{Delivery, ObjectError, QueueError, Settle, StateError, VectorError, WorkQueue, retry_backoff};
 
 /// How long a stage pauses between tries while a store cannot be reached.
 pub const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
@@ -60,6 +60,9 @@ pub enum StageError {
     Queue(#[from] QueueError),
     #[error(transparent)]
     Vectors(#[from] VectorError),
+    /// The blob store or a bucket could not be reached (a missing object is the file's failure).
+    #[error(transparent)]
+    Objects(#[from] ObjectError),
     #[error("{0}")]
     Thread(String),
 }
@@ -75,7 +78,9 @@ impl StageError {
     pub fn pause(&self) -> Option<Duration> {
         match self {
             _ if self.is_storage_full() => Some(FULL_DISK_PAUSE),
-            Self::State(StateError::Unavailable(_)) | Self::Vectors(VectorError::Unavailable(_)) => Some(OUTAGE_PAUSE),
+            Self::State(StateError::Unavailable(_)) | Self::Vectors(VectorError::Unavailable(_)) | Self::Objects(ObjectError::Unavailable(_)) => {
+                Some(OUTAGE_PAUSE)
+            }
             _ => None,
         }
     }

@@ -138,6 +138,7 @@ mod tests {
             clip_pixels: vec![255; 224 * 224 * 3],
             blip_size: 384,
             blip_pixels: vec![255; 384 * 384 * 3],
+            marker: Some(imgfleet_core::source::object_marker(u64::MAX, Some(&"\u{1}".repeat(1000)))),
             claim_token: format!("{}.{}", u64::MAX, "0".repeat(32)),
         };
         // The JSON form (base64 pixels) is the larger of the two; the stage sends the envelope.

@@ -30,6 +30,12 @@ impl ImageUpload {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(payload)
             .map_err(|e| format!("{name}image_base64 is not valid base64: {e}"))?;
+        Self::from_bytes(bytes, filename)
+    }
+
+    /// Reads the image header of a file's bytes (an upload sent as they are).
+    pub fn from_bytes(bytes: Vec<u8>, filename: Option<&str>) -> Result<Self, String> {
+        let name = filename.map_or(String::new(), |f| format!("{f}: "));
         if bytes.is_empty() {
             return Err(format!("{name}the image is empty"));
         }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus};
+use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus, WatchRecord};
+use imgfleet_core::source::SourceEntry;
 use imgfleet_core::ports::state::{MAX_JOB_LOG_LINES, MAX_LOG_LINE_CHARS};
 use imgfleet_core::ports::{Claim, DedupEntry, StateError, StateStore};
 
@@ -31,6 +32,11 @@ macro_rules! state_store_contract {
         $crate::contract_case!(stale_done_entries_are_forgotten, $crate::contract::state::stale_done_entries_are_forgotten, $fixture);
         $crate::contract_case!(active_jobs_and_purge, $crate::contract::state::active_jobs_and_purge, $fixture);
         $crate::contract_case!(an_ended_job_claims_nothing, $crate::contract::state::an_ended_job_claims_nothing, $fixture);
+        $crate::contract_case!(source_index_counts_updates_and_removals, $crate::contract::state::source_index_counts_updates_and_removals, $fixture);
+        $crate::contract_case!(source_index_pages_in_path_order, $crate::contract::state::source_index_pages_in_path_order, $fixture);
+        $crate::contract_case!(clears_forget_source_indexes, $crate::contract::state::clears_forget_source_indexes, $fixture);
+        $crate::contract_case!(discovered_among_and_remove_dedup, $crate::contract::state::discovered_among_and_remove_dedup, $fixture);
+        $crate::contract_case!(watches_oldest_first, $crate::contract::state::watches_oldest_first, $fixture);
     };
 }
 
@@ -343,4 +349,152 @@ pub async fn an_ended_job_claims_nothing(f: &dyn StateFixture) {
     assert_eq!(s.claim("c", "h2", "t2", TTL, Some("never-created")).await.unwrap(), Claim::JobEnded);
     assert_eq!(s.dedup_entry("c", "h2").await.unwrap(), None, "nothing taken");
     assert!(s.claim("c", "h2", "t2", TTL, None).await.unwrap().is_acquired(), "without a job, as before");
+}
+
+fn entry(sha: &str, marker: &str) -> SourceEntry {
+    SourceEntry { sha256: sha.to_owned(), marker: marker.to_owned() }
+}
+
+/// `put_source_entry` returns the entry it replaced and counts `updated` only when that named
+/// other content, once however often it is repeated; `remove_source_entries` counts `removed`
+/// by how many existed.
+pub async fn source_index_counts_updates_and_removals(f: &dyn StateFixture) {
+    let s = f.open().await;
+    s.create_job(&job("j")).await.unwrap();
+    let paths = ["/p/a.jpg".to_owned(), "/p/b.jpg".to_owned()];
+    assert_eq!(s.source_entries("c", &paths).await.unwrap(), vec![None, None]);
+    assert_eq!(s.put_source_entry("j", "c", "/p/a.jpg", &entry("aa", "f:1:1")).await.unwrap(), None);
+    assert_eq!(s.put_source_entry("j", "c", "/p/a.jpg", &entry("aa", "f:1:1")).await.unwrap(), Some(entry("aa", "f:1:1")));
+    // Same content, newer version (touched): not an update.
+    assert_eq!(s.put_source_entry("j", "c", "/p/a.jpg", &entry("aa", "f:1:2")).await.unwrap(), Some(entry("aa", "f:1:1")));
+    assert_eq!(s.job("j").await.unwrap().unwrap().counts.updated, 0);
+    assert_eq!(s.put_source_entry("j", "c", "/p/a.jpg", &entry("bb", "f:2:3")).await.unwrap(), Some(entry("aa", "f:1:2")));
+    // The redelivery finds the new entry and counts nothing.
+    assert_eq!(s.put_source_entry("j", "c", "/p/a.jpg", &entry("bb", "f:2:3")).await.unwrap(), Some(entry("bb", "f:2:3")));
+    assert_eq!(s.job("j").await.unwrap().unwrap().counts.updated, 1);
+    s.put_source_entry("j", "c", "/p/b.jpg", &entry("aa", "f:1:1")).await.unwrap();
+    assert_eq!(s.source_entries("c", &paths).await.unwrap(), vec![Some(entry("bb", "f:2:3")), Some(entry("aa", "f:1:1"))]);
+    assert_eq!(s.source_entries("other", &paths).await.unwrap(), vec![None, None], "per collection");
+    assert!(matches!(s.put_source_entry("nope", "c", "/p/x.jpg", &entry("aa", "f:1:1")).await, Err(StateError::JobNotFound(_))));
+    assert_eq!(s.source_entries("c", &["/p/x.jpg".to_owned()]).await.unwrap(), vec![None], "nothing written for a missing job");
+
+    let gone = ["/p/a.jpg".to_owned(), "/p/never.jpg".to_owned()];
+    assert_eq!(s.remove_source_entries(Some("j"), "c", &gone).await.unwrap(), 1);
+    assert_eq!(s.remove_source_entries(Some("j"), "c", &gone).await.unwrap(), 0, "a repeat removes and counts nothing");
+    assert_eq!(s.remove_source_entries(None, "c", &["/p/b.jpg".to_owned()]).await.unwrap(), 1);
+    let j = s.job("j").await.unwrap().unwrap();
+    assert_eq!((j.counts.updated, j.counts.removed), (1, 1));
+    assert_eq!(s.source_entries("c", &paths).await.unwrap(), vec![None, None]);
+    assert_eq!(s.source_entries_under("c", "/", None, 10).await.unwrap(), vec![], "gone from the listing too");
+    drop(s);
+    let s = f.open().await;
+    let j = s.job("j").await.unwrap().unwrap();
+    assert_eq!((j.counts.updated, j.counts.removed), (1, 1), "the counts persist");
+}
+
+/// Listing under a prefix: in path order, never a sibling with a longer name, paged.
+pub async fn source_index_pages_in_path_order(f: &dyn StateFixture) {
+    let s = f.open().await;
+    s.create_job(&job("j")).await.unwrap();
+    let mut paths: Vec<String> = (0..25).map(|i| format!("/lib/a/{i:02}.jpg")).collect();
+    paths.extend(["/lib/a/é.jpg".to_owned(), "/lib/a/sub/z.jpg".to_owned()]);
+    for (i, path) in paths.iter().enumerate().rev() {
+        s.put_source_entry("j", "c", path, &entry(&format!("{i:064x}"), "f:1:1")).await.unwrap();
+    }
+    for other in ["/lib/ab/x.jpg", "/lib/a", "/lib/", "/lib/Z.jpg"] {
+        s.put_source_entry("j", "c", other, &entry("ff", "f:1:1")).await.unwrap();
+    }
+    s.put_source_entry("j", "d", "/lib/a/00.jpg", &entry("ff", "f:1:1")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.source_entries_under("c", "/lib/a/", after.as_deref(), 10).await.unwrap();
+        assert!(page.len() <= 10);
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        seen.extend(page.into_iter().map(|(path, e)| {
+            assert_eq!(e.marker, "f:1:1");
+            path
+        }));
+    }
+    let mut expected = paths.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "every path under the prefix once, in byte order, nothing else");
+    assert_eq!(s.source_entries_under("c", "/lib/a/", Some("/lib/a/é.jpg"), 10).await.unwrap(), vec![], "é sorts last (byte order)");
+    assert_eq!(s.source_entries_under("c", "/lib/a/", None, 0).await.unwrap(), vec![]);
+    assert_eq!(s.source_entries_under("c", "", None, 100).await.unwrap().len(), paths.len() + 4, "an empty prefix is everything");
+    assert_eq!(s.source_entries_under("c", "/nothing/", None, 10).await.unwrap(), vec![]);
+}
+
+/// Clearing a collection's dedup forgets its source index too; clearing all forgets every one.
+pub async fn clears_forget_source_indexes(f: &dyn StateFixture) {
+    let s = f.open().await;
+    s.create_job(&job("j")).await.unwrap();
+    for c in ["c", "d", "e"] {
+        s.put_source_entry("j", c, "/p/a.jpg", &entry("aa", "f:1:1")).await.unwrap();
+    }
+    s.clear_dedup(Some("c")).await.unwrap();
+    let one = ["/p/a.jpg".to_owned()];
+    assert_eq!(s.source_entries("c", &one).await.unwrap(), vec![None]);
+    assert_eq!(s.source_entries_under("c", "/p/", None, 10).await.unwrap(), vec![]);
+    assert_eq!(s.source_entries("d", &one).await.unwrap(), vec![Some(entry("aa", "f:1:1"))], "other collections keep theirs");
+    s.clear_dedup(None).await.unwrap();
+    for c in ["d", "e"] {
+        assert_eq!(s.source_entries(c, &one).await.unwrap(), vec![None]);
+        assert_eq!(s.source_entries_under(c, "/", None, 10).await.unwrap(), vec![]);
+    }
+}
+
+pub async fn discovered_among_and_remove_dedup(f: &dyn StateFixture) {
+    let s = f.open().await;
+    s.create_job(&job("j")).await.unwrap();
+    s.record_discovered("j", "/a").await.unwrap();
+    s.record_outcome("j", "/b", &ItemOutcome::Processed).await.unwrap();
+    let items: Vec<String> = ["/a", "/b", "/c"].map(str::to_owned).to_vec();
+    assert_eq!(s.discovered_among("j", &items).await.unwrap(), vec![true, true, false]);
+    assert_eq!(s.discovered_among("other", &items).await.unwrap(), vec![false, false, false]);
+
+    store_done(s.as_ref(), "c", "h", "p").await;
+    acquire(s.as_ref(), "c", "h2", "a").await;
+    s.remove_dedup("c", "h").await.unwrap();
+    s.remove_dedup("c", "h2").await.unwrap();
+    s.remove_dedup("c", "never").await.unwrap();
+    assert_eq!(s.dedup_entry("c", "h").await.unwrap(), None);
+    assert_eq!(s.dedup_entry("c", "h2").await.unwrap(), None, "whatever it is");
+    assert!(s.claim("c", "h", "b", TTL, None).await.unwrap().is_acquired(), "processed again when next seen");
+}
+
+fn watch(id: &str, created_at: &str) -> WatchRecord {
+    WatchRecord {
+        watch_id: id.to_owned(),
+        source: "/photos".into(),
+        collection: "c".into(),
+        interval_secs: 60,
+        keep_orphans: false,
+        created_at: created_at.to_owned(),
+        last_job_id: None,
+        last_sync_at: None,
+        last_change_at: None,
+        last_counts: None,
+    }
+}
+
+pub async fn watches_oldest_first(f: &dyn StateFixture) {
+    let s = f.open().await;
+    assert_eq!(s.watches().await.unwrap(), vec![]);
+    s.put_watch(&watch("w-b", "2026-01-02T00:00:00.000Z")).await.unwrap();
+    s.put_watch(&watch("w-a", "2026-01-03T00:00:00.000Z")).await.unwrap();
+    s.put_watch(&watch("w-c", "2026-01-01T00:00:00.000Z")).await.unwrap();
+    let mut replaced = watch("w-b", "2026-01-02T00:00:00.000Z");
+    replaced.last_job_id = Some("j9".into());
+    replaced.last_counts = Some(imgfleet_core::domain::JobCounts { discovered: 3, updated: 1, removed: 2, ..Default::default() });
+    s.put_watch(&replaced).await.unwrap();
+    let ids: Vec<String> = s.watches().await.unwrap().into_iter().map(|w| w.watch_id).collect();
+    assert_eq!(ids, ["w-c", "w-b", "w-a"], "oldest first");
+    drop(s);
+    let s = f.open().await;
+    assert_eq!(s.watches().await.unwrap()[1], replaced, "replaced whole, and persisted");
+    assert!(s.delete_watch("w-b").await.unwrap());
+    assert!(!s.delete_watch("w-b").await.unwrap());
+    assert_eq!(s.watches().await.unwrap().len(), 2);
 }

@@ -305,7 +305,7 @@ fn expected_counts(files: &[(PathBuf, Expect)]) -> JobCounts {
     let copies = files.iter().filter(|(_, e)| matches!(e, Expect::Copy(_))).count() as u64;
     let processed = files.iter().filter(|(_, e)| *e == Expect::Processed).count() as u64 + groups.len() as u64;
     let failed = files.iter().filter(|(_, e)| matches!(e, Expect::Failed(_))).count() as u64;
-    JobCounts { discovered: files.len() as u64, processed, duplicates: copies - groups.len() as u64, failed }
+    JobCounts { discovered: files.len() as u64, processed, duplicates: copies - groups.len() as u64, failed, ..JobCounts::default() }
 }
 
 // ---------- pipeline around the stage ----------
@@ -393,8 +393,17 @@ impl Pipeline {
             handled += 1;
         }
         for delivery in self.queue.fetch(Stream::Encoded, 64, Duration::from_millis(5)).await.unwrap() {
-            let IndexerInput::DuplicatePath(note) = messages::decode_indexer_input(&delivery.payload).unwrap() else {
-                panic!("the cpu stage publishes only duplicate paths on the encoded stream");
+            let note = match messages::decode_indexer_input(&delivery.payload).unwrap() {
+                IndexerInput::DuplicatePath(note) => note,
+                // The scan's last message: this stand-in has no source index to sweep.
+                IndexerInput::Sweep(sweep) => {
+                    self.state.mark_scan_complete(&sweep.job_id).await.unwrap();
+                    self.state.complete_if_done(&sweep.job_id).await.unwrap();
+                    delivery.ack().await.unwrap();
+                    handled += 1;
+                    continue;
+                }
+                IndexerInput::Encoded(_) => panic!("the cpu stage publishes only duplicate paths on the encoded stream"),
             };
             let stored = self.stored.get_mut(&note.point_id).expect("a duplicate of a stored image");
             assert_eq!(stored.payload.sha256, note.sha256);
@@ -463,7 +472,8 @@ async fn every_file_is_processed_duplicate_or_failed_with_its_reason() {
     // The scan found exactly the candidates, each published once.
     let job = pipeline.state.job("job-1").await.unwrap().unwrap();
     let expected = expected_counts(&corpus.files);
-    assert!(job.scan_complete);
+    assert!(!job.scan_complete, "the indexer marks it, after its sweep");
+    assert_eq!(pipeline.queue.depth(Stream::Encoded).await.unwrap().pending, 1, "the scan's last message: the sweep request");
     assert_eq!(job.counts.discovered, expected.discovered, "logs: {:#?}", job.logs);
     let tasks = pipeline.queue.fetch(Stream::Files, 1000, Duration::from_millis(50)).await.unwrap();
     let mut task_paths = BTreeSet::new();
@@ -577,6 +587,7 @@ async fn every_file_is_processed_duplicate_or_failed_with_its_reason() {
             processed: 0,
             duplicates: still_there.len() as u64 - first_failures,
             failed: first_failures,
+            ..JobCounts::default()
         },
         "logs: {:#?}",
         second.logs
@@ -609,7 +620,7 @@ async fn a_dead_workers_claim_is_taken_back_by_its_task_at_once_and_stored_once(
     // at once, not after the TTL.
     let job = pipeline.finish("job-crash").await;
     assert!(claimed_at.elapsed() < Duration::from_secs(10), "took {:?}: waited for the TTL", claimed_at.elapsed());
-    assert_eq!(job.counts, JobCounts { discovered: 1, processed: 1, duplicates: 0, failed: 0 });
+    assert_eq!(job.counts, JobCounts { discovered: 1, processed: 1, duplicates: 0, failed: 0, ..JobCounts::default() });
     assert_eq!(pipeline.stored.len(), 1);
     assert_eq!(pipeline.stored.values().next().unwrap().upserts, 1);
     assert_eq!(
@@ -621,7 +632,7 @@ async fn a_dead_workers_claim_is_taken_back_by_its_task_at_once_and_stored_once(
     // duplicate note for the same path, and nothing is stored again.
     pipeline.queue.publish(Stream::Files, "replay", messages::encode(&file_task)).await.unwrap();
     let job = pipeline.finish("job-crash").await;
-    assert_eq!(job.counts, JobCounts { discovered: 1, processed: 1, duplicates: 0, failed: 0 }, "counted once");
+    assert_eq!(job.counts, JobCounts { discovered: 1, processed: 1, duplicates: 0, failed: 0, ..JobCounts::default() }, "counted once");
     assert_eq!(pipeline.stored.values().next().unwrap().upserts, 1);
     assert_eq!(pipeline.stored.values().next().unwrap().payload.paths, vec![path.canonicalize().unwrap().display().to_string()]);
 }
@@ -655,7 +666,7 @@ async fn an_interrupted_scan_resumes_with_its_unsettled_files_and_only_new_ones(
     assert_eq!(pipeline.queue.depth(Stream::Files).await.unwrap().pending, 10, "the walk published only the seven new files");
 
     let job = pipeline.finish("job-resume").await;
-    assert_eq!(job.counts, JobCounts { discovered: 10, processed: 10, duplicates: 0, failed: 0 });
+    assert_eq!(job.counts, JobCounts { discovered: 10, processed: 10, duplicates: 0, failed: 0, ..JobCounts::default() });
     assert_eq!(pipeline.stored.len(), 10);
     assert!(pipeline.stored.values().all(|image| image.upserts == 1));
     assert!(job.logs.iter().any(|l| l.contains("scan interrupted; resumed: 3 unsettled files")), "{:?}", job.logs);

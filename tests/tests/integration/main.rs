@@ -20,4 +20,7 @@ mod redis_contracts;
 mod security;
 mod serve;
 mod settling;
+mod sync;
+mod uploads;
+mod watches;
 mod workers;

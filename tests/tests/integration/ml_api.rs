@@ -240,6 +240,32 @@ async fn caption_endpoints_answer_what_the_encoder_computes_and_isolate_a_bad_im
     assert_eq!(results[0]["filename"], "one.png");
     assert_eq!(results[3]["filename"], Value::Null);
 
+    // The multipart form: the same images as they are, the same answer row for row.
+    let png = |image: &imgfleet_core::domain::RgbImage| base64::engine::general_purpose::STANDARD.decode(png_base64(image)).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("one", reqwest::multipart::Part::bytes(png(&images[0])).file_name("one.png"))
+        .part("bad", reqwest::multipart::Part::bytes(b"not an image at all".to_vec()).file_name("bad.jpg"))
+        .part("two", reqwest::multipart::Part::bytes(png(&images[1])).file_name("two.png"))
+        .part("three", reqwest::multipart::Part::bytes(png(&images[2])));
+    let response = Client::new().post(format!("{}/api/v1/batch_embed_and_caption_multipart", server.url)).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let multipart: Value = response.json().await.unwrap();
+    let rows = multipart["results"].as_array().unwrap();
+    assert_eq!(rows.iter().map(|r| r["unique_id"].as_str().unwrap()).collect::<Vec<_>>(), ["one", "bad", "two", "three"]);
+    assert!(rows[1]["error"].as_str().unwrap().contains("bad.jpg"), "{}", rows[1]);
+    for (row, i) in [(0, 0), (2, 1), (3, 2)] {
+        assert_eq!(rows[row]["caption"], direct_captions[i].as_str(), "multipart row {row}");
+        let embedding: Vec<f32> = serde_json::from_value(rows[row]["embedding"].clone()).unwrap();
+        assert!(close(&embedding, &direct_embeddings[i]), "multipart row {row}: embedding equals the encoder's");
+    }
+    let empty = Client::new()
+        .post(format!("{}/api/v1/batch_embed_and_caption_multipart", server.url))
+        .multipart(reqwest::multipart::Form::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
     let (status, body) = post(&server, "/api/v1/batch_embed_and_caption", json!({"images": []})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
 }

@@ -133,6 +133,7 @@ mod qdrant_server_outage {
             payload,
             embedding: vec![0.5, 0.5, 0.5, 0.5],
             claim_token: token.clone(),
+            marker: None,
         };
         queue.publish(Stream::Encoded, "enc-1", messages::encode(&image)).await.unwrap();
 

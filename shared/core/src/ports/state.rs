@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::domain::{ItemOutcome, JobRecord, JobStatus};
+use crate::domain::{ItemOutcome, JobRecord, JobStatus, WatchRecord};
+use crate::source::SourceEntry;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
@@ -144,10 +145,33 @@ pub trait StateStore: Send + Sync + 'static {
 
     async fn dedup_entry(&self, collection: &str, sha256: &str) -> Result<Option<DedupEntry>, StateError>;
 
-    /// Moves the dedup generation on (of one collection, or of all), then forgets the entries.
-    /// Done marks of claims taken before are refused from then on. Returns how many entries
-    /// were removed.
+    /// Moves the dedup generation on (of one collection, or of all), then forgets the entries
+    /// and the collection's source index. Done marks of claims taken before are refused from
+    /// then on. Returns how many dedup entries were removed.
     async fn clear_dedup(&self, collection: Option<&str>) -> Result<u64, StateError>;
+
+    /// Forgets the dedup entry of `sha256`, whatever it is (its image was deleted): the content
+    /// is processed again when next seen.
+    async fn remove_dedup(&self, collection: &str, sha256: &str) -> Result<(), StateError>;
+
+    // ---- source index, per collection: what each path held when it was last stored ----
+
+    /// The entries of `paths`, in that order.
+    async fn source_entries(&self, collection: &str, paths: &[String]) -> Result<Vec<Option<SourceEntry>>, StateError>;
+
+    /// Records that `path` now holds `entry`'s content and returns the entry it replaced. When
+    /// that entry named other content, `job_id`'s `updated` count goes up by one in the same
+    /// atomic step (a redelivery finds the new entry and counts nothing). `JobNotFound`, with
+    /// nothing written, when the job does not exist.
+    async fn put_source_entry(&self, job_id: &str, collection: &str, path: &str, entry: &SourceEntry) -> Result<Option<SourceEntry>, StateError>;
+
+    /// Entries whose path starts with `prefix`, in path order, after the path `after`, at most
+    /// `limit`.
+    async fn source_entries_under(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, SourceEntry)>, StateError>;
+
+    /// Removes the entries of `paths`; with `job_id`, adds how many existed to its `removed`
+    /// count in the same atomic step. Returns how many existed.
+    async fn remove_source_entries(&self, job_id: Option<&str>, collection: &str, paths: &[String]) -> Result<u64, StateError>;
 
     // ---- jobs ----
 
@@ -178,6 +202,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// duplicates are also logged. Returns whether this call counted it.
     async fn record_outcome(&self, job_id: &str, item: &str, outcome: &ItemOutcome) -> Result<bool, StateError>;
 
+    /// Which of `items` `job_id` has discovered, in that order.
+    async fn discovered_among(&self, job_id: &str, items: &[String]) -> Result<Vec<bool>, StateError>;
+
     /// Items of `job_id` discovered and not settled yet: what an interrupted scan publishes
     /// again (their tasks may never have reached the queue).
     async fn unsettled_items(&self, job_id: &str) -> Result<Vec<String>, StateError>;
@@ -191,6 +218,17 @@ pub trait StateStore: Send + Sync + 'static {
     /// Marks the job completed when its scan is complete and every discovered item is settled.
     /// Returns the record exactly once: to the one caller that completed it.
     async fn complete_if_done(&self, job_id: &str) -> Result<Option<JobRecord>, StateError>;
+
+    // ---- watches ----
+
+    /// Creates or replaces the watch of that id.
+    async fn put_watch(&self, watch: &WatchRecord) -> Result<(), StateError>;
+
+    /// Every watch, oldest first.
+    async fn watches(&self) -> Result<Vec<WatchRecord>, StateError>;
+
+    /// Returns whether there was one.
+    async fn delete_watch(&self, watch_id: &str) -> Result<bool, StateError>;
 
     // ---- settings ----
 

@@ -23,14 +23,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redb::{Database, ReadableTable};
 
-use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus, now_rfc3339};
+use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus, WatchRecord, now_rfc3339};
 use imgfleet_core::ports::state::{
     Claim, DedupEntry, MAX_JOB_LOG_LINES, StateError, StateStore, clip_log_line, new_token, token_generation,
 };
+use imgfleet_core::source::SourceEntry;
 
 use tables::{
     ACTIVE_COLLECTION, ACTIVE_JOBS, DAMAGED_JOBS, DEDUP, DISCOVERED, FINISHED_JOBS, GENERATIONS, JOB_ITEMS, JOBS, JOBS_BY_TIME,
-    SEP, SETTINGS, SETTLED, StoredDedup, finished_key, flag_item, generation, key2, load_job, read_dedup, readable, save_job,
+    SEP, SETTINGS, SETTLED, SOURCES, WATCHES, StoredDedup, finished_key, flag_item, generation, key2, load_job, read_dedup, readable, save_job,
     save_job_status, upgrade_layout, write_dedup,
 };
 use writer::{DbSlot, WriteRequest, write_loop};
@@ -82,6 +83,8 @@ impl FileStateStore {
             txn.open_table(DAMAGED_JOBS).map_err(internal)?;
             txn.open_table(JOB_ITEMS).map_err(internal)?;
             txn.open_table(SETTINGS).map_err(internal)?;
+            txn.open_table(SOURCES).map_err(internal)?;
+            txn.open_table(WATCHES).map_err(internal)?;
             upgrade_layout(&txn)?;
         }
         txn.commit().map_err(internal)?;
@@ -262,9 +265,142 @@ impl StateStore for FileStateStore {
                     !hit
                 })
                 .map_err(internal)?;
+            let mut sources = txn.open_table(SOURCES).map_err(internal)?;
+            sources.retain(|k, _| !prefix.as_deref().is_none_or(|p| k.starts_with(p))).map_err(internal)?;
             Ok(removed)
         })
         .await
+    }
+
+    async fn remove_dedup(&self, collection: &str, sha256: &str) -> Result<(), StateError> {
+        let key = key2(collection, sha256);
+        self.write(move |txn| {
+            txn.open_table(DEDUP).map_err(internal)?.remove(key.as_str()).map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn source_entries(&self, collection: &str, paths: &[String]) -> Result<Vec<Option<SourceEntry>>, StateError> {
+        let keys: Vec<String> = paths.iter().map(|p| key2(collection, p)).collect();
+        self.read(move |txn| {
+            let table = txn.open_table(SOURCES).map_err(internal)?;
+            keys.iter().map(|key| read_source(&table, key)).collect()
+        })
+        .await
+    }
+
+    async fn put_source_entry(&self, job_id: &str, collection: &str, path: &str, entry: &SourceEntry) -> Result<Option<SourceEntry>, StateError> {
+        let (job_id, key, entry) = (job_id.to_owned(), key2(collection, path), entry.clone());
+        self.write(move |txn| {
+            let mut job = load_job(txn, &job_id)?;
+            let mut table = txn.open_table(SOURCES).map_err(internal)?;
+            let before = read_source(&table, &key)?;
+            if before.as_ref() == Some(&entry) {
+                return Ok(before);
+            }
+            let bytes = serde_json::to_vec(&entry).map_err(internal)?;
+            table.insert(key.as_str(), bytes.as_slice()).map_err(internal)?;
+            if before.as_ref().is_some_and(|old| old.sha256 != entry.sha256) {
+                job.counts.updated += 1;
+                save_job(txn, &job)?;
+            }
+            Ok(before)
+        })
+        .await
+    }
+
+    async fn source_entries_under(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, SourceEntry)>, StateError> {
+        let within = key2(collection, prefix);
+        // From `after` (left out) when it lies under the prefix, else from the prefix.
+        let (start, skip_first) = match after {
+            Some(after) if after >= prefix => (key2(collection, after), true),
+            _ => (within.clone(), false),
+        };
+        let skip = collection.len() + SEP.len_utf8();
+        self.read(move |txn| {
+            let table = txn.open_table(SOURCES).map_err(internal)?;
+            let mut out = Vec::new();
+            for row in table.range(start.as_str()..).map_err(internal)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, bytes) = row.map_err(internal)?;
+                if skip_first && key.value() == start {
+                    continue;
+                }
+                if !key.value().starts_with(within.as_str()) {
+                    break;
+                }
+                let entry: SourceEntry = serde_json::from_slice(bytes.value()).map_err(internal)?;
+                out.push((key.value()[skip..].to_owned(), entry));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn remove_source_entries(&self, job_id: Option<&str>, collection: &str, paths: &[String]) -> Result<u64, StateError> {
+        let job_id = job_id.map(str::to_owned);
+        let keys: Vec<String> = paths.iter().map(|p| key2(collection, p)).collect();
+        self.write(move |txn| {
+            let job = job_id.as_deref().map(|id| load_job(txn, id)).transpose()?;
+            let mut table = txn.open_table(SOURCES).map_err(internal)?;
+            let mut removed = 0u64;
+            for key in &keys {
+                removed += u64::from(table.remove(key.as_str()).map_err(internal)?.is_some());
+            }
+            if let Some(mut job) = job.filter(|_| removed > 0) {
+                job.counts.removed += removed;
+                save_job(txn, &job)?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn discovered_among(&self, job_id: &str, items: &[String]) -> Result<Vec<bool>, StateError> {
+        let keys: Vec<String> = items.iter().map(|item| key2(job_id, item)).collect();
+        self.read(move |txn| {
+            let table = txn.open_table(JOB_ITEMS).map_err(internal)?;
+            keys.iter()
+                .map(|key| Ok(table.get(key.as_str()).map_err(internal)?.is_some_and(|g| g.value() & DISCOVERED != 0)))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_watch(&self, watch: &WatchRecord) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(watch).map_err(internal)?;
+        let id = watch.watch_id.clone();
+        self.write(move |txn| {
+            txn.open_table(WATCHES).map_err(internal)?.insert(id.as_str(), bytes.as_slice()).map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn watches(&self) -> Result<Vec<WatchRecord>, StateError> {
+        self.read(|txn| {
+            let table = txn.open_table(WATCHES).map_err(internal)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(internal)? {
+                let (id, bytes) = row.map_err(internal)?;
+                match serde_json::from_slice::<WatchRecord>(bytes.value()) {
+                    Ok(watch) => out.push(watch),
+                    Err(e) => tracing::error!(watch_id = id.value(), error = %e, "a watch record cannot be read; it is left out"),
+                }
+            }
+            out.sort_by(|a, b| (&a.created_at, &a.watch_id).cmp(&(&b.created_at, &b.watch_id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_watch(&self, watch_id: &str) -> Result<bool, StateError> {
+        let id = watch_id.to_owned();
+        self.write(move |txn| Ok(txn.open_table(WATCHES).map_err(internal)?.remove(id.as_str()).map_err(internal)?.is_some()))
+            .await
     }
 
     async fn create_job(&self, job: &JobRecord) -> Result<(), StateError> {
@@ -478,6 +614,14 @@ impl StateStore for FileStateStore {
             Ok(())
         })
         .await
+    }
+}
+
+/// The source entry stored under `key`, if any.
+fn read_source(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<Option<SourceEntry>, StateError> {
+    match table.get(key).map_err(internal)? {
+        Some(g) => serde_json::from_slice(g.value()).map(Some).map_err(internal),
+        None => Ok(None),
     }
 }
 

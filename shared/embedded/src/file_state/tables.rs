@@ -29,6 +29,11 @@ pub(super) const DAMAGED_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::n
 /// `job_id \x1f item` → bit flags ([`DISCOVERED`], [`SETTLED`]).
 pub(super) const JOB_ITEMS: TableDefinition<&str, u8> = TableDefinition::new("job_items");
 pub(super) const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+/// The source index: `collection \x1f path` → JSON [`SourceEntry`](imgfleet_core::source::SourceEntry);
+/// a collection's paths are one key range, in path order (byte order, like Redis's `ZRANGEBYLEX`).
+pub(super) const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("source_index");
+/// `watch_id` → JSON [`WatchRecord`](imgfleet_core::domain::WatchRecord).
+pub(super) const WATCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("watches");
 
 pub(super) const DISCOVERED: u8 = 1;
 pub(super) const SETTLED: u8 = 2;

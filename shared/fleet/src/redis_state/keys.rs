@@ -76,6 +76,22 @@ impl RedisStateStore {
         format!("{}damaged:job:{}", self.prefix, component(job_id))
     }
 
+    /// A collection's source index: the sorted set of its paths (all scores 0, so in byte
+    /// order for `ZRANGEBYLEX`) and the hash of their entries.
+    pub(super) fn source_keys(&self, collection: &str) -> [String; 2] {
+        let c = component(collection);
+        [format!("{}src:{c}:paths", self.prefix), format!("{}src:{c}:entries", self.prefix)]
+    }
+
+    /// The `SCAN MATCH` pattern of every collection's source index keys.
+    pub(super) fn source_pattern(&self) -> String {
+        format!("{}src:*", glob_escape(&self.prefix))
+    }
+
+    pub(super) fn watches_key(&self) -> String {
+        format!("{}watches", self.prefix)
+    }
+
     /// The `SCAN MATCH` pattern of the dedup entries of `collection`, or of every collection.
     pub(super) fn dedup_pattern(&self, collection: Option<&str>) -> String {
         match collection {

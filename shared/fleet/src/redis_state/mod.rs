@@ -11,18 +11,21 @@
 //! |---|---|---|
 //! | `{p}dedup:<collection>:<sha256>` | string | `c:<token>:<owner>` with a TTL (`PX`): a live claim; `d:<token>:<point id>`, no TTL: done |
 //! | `{p}gen`, `{p}gen:<collection>` | string | dedup generations (all collections, one); a collection's is their sum |
-//! | `{p}job:<id>` | hash | `base` (the record as created, JSON), `status`, `scan_complete`, `error`, `started_at`, `finished_at`, and the counters `discovered`, `processed`, `duplicates`, `failed` |
+//! | `{p}job:<id>` | hash | `base` (the record as created, JSON), `status`, `scan_complete`, `error`, `started_at`, `finished_at`, and the counters `discovered`, `processed`, `duplicates`, `failed`, `updated`, `removed` |
 //! | `{p}job:<id>:items` | hash | item → flags: `1` discovered, `3` settled (and discovered) |
 //! | `{p}job:<id>:log` | list | log lines, oldest first, trimmed to the newest [`MAX_JOB_LOG_LINES`] |
 //! | `{p}jobs` | sorted set | job ids scored by creation time (ms), for newest-first listing |
 //! | `{p}jobs:active` | set | ids of jobs not ended yet |
 //! | `{p}jobs:finished` | sorted set | ids of ended jobs scored by when they ended (ms), for the purge |
+//! | `{p}src:<collection>:paths` | sorted set | the source index's paths, all scored 0 (read in path order with `ZRANGEBYLEX`) |
+//! | `{p}src:<collection>:entries` | hash | path → `<sha256>:<marker>`: the content last stored from it, and the version read then |
+//! | `{p}watches` | hash | watch id → JSON [`WatchRecord`] |
 //! | `{p}active_collection` | string | the active collection |
 //!
 //! A job's keys share the `{p}job:<id>` stem and go together ([`StateStore::purge_finished_jobs`]).
 //! A job record whose stored form cannot be read is logged, renamed to `{p}damaged:job:<id>` and
 //! left out. Nothing here blocks Redis for long: whole-keyspace work
-//! (`clear_dedup`) walks with `SCAN` and deletes in batches, `UNLINK` freeing in the
+//! (`clear_dedup`, with every source index) walks with `SCAN` and deletes in batches, `UNLINK` freeing in the
 //! background; `unsettled_items` walks one job's items with `HSCAN`; no `KEYS`.
 //!
 //! The connection is a [`ConnectionManager`], which reconnects after Redis restarts or the
@@ -52,8 +55,9 @@ use async_trait::async_trait;
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus, now_rfc3339};
+use imgfleet_core::domain::{ItemOutcome, JobRecord, JobStatus, WatchRecord, now_rfc3339};
 use imgfleet_core::ports::state::{Claim, DedupEntry, MAX_JOB_LOG_LINES, StateError, StateStore, clip_log_line, token_generation};
+use imgfleet_core::source::SourceEntry;
 
 use records::{Snapshot, job_from_snapshot, score_of, status_name};
 use scripts::SCRIPTS;
@@ -102,6 +106,12 @@ impl std::fmt::Debug for RedisStateStore {
 
 fn internal(e: impl std::fmt::Display) -> StateError {
     StateError::Internal(e.to_string())
+}
+
+/// A source index entry as stored: `<sha256>:<marker>`.
+fn source_entry(value: &str) -> Result<SourceEntry, StateError> {
+    let (sha256, marker) = value.split_once(':').ok_or_else(|| internal(format!("unreadable source index entry {value:?}")))?;
+    Ok(SourceEntry { sha256: sha256.to_owned(), marker: marker.to_owned() })
 }
 
 /// Connection trouble (Redis down, restarting, loading its data, unreachable) is
@@ -259,6 +269,24 @@ impl RedisStateStore {
         Ok(out)
     }
 
+    /// Unlinks every key matching `pattern` (walked with `SCAN`); returns how many existed.
+    async fn unlink_matching(&self, pattern: &str) -> Result<u64, StateError> {
+        let mut removed = 0u64;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys) = self.scan_step(pattern, cursor).await?;
+            if !keys.is_empty() {
+                let mut con = self.con.clone();
+                // UNLINK frees in the background; it counts only keys that still existed.
+                removed += self.call(redis::cmd("UNLINK").arg(keys).query_async::<u64>(&mut con)).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
     fn not_found_if_missing(job_id: &str, code: i64) -> Result<i64, StateError> {
         if code < 0 { Err(StateError::JobNotFound(job_id.to_owned())) } else { Ok(code) }
     }
@@ -348,21 +376,137 @@ impl StateStore for RedisStateStore {
         let [all, own] = self.generation_keys(collection.unwrap_or(""));
         let mut con = self.con.clone();
         self.call(redis::cmd("INCR").arg(if collection.is_some() { own } else { all }).query_async::<i64>(&mut con)).await?;
-        let pattern = self.dedup_pattern(collection);
-        let mut removed = 0u64;
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys) = self.scan_step(&pattern, cursor).await?;
-            if !keys.is_empty() {
+        let removed = self.unlink_matching(&self.dedup_pattern(collection)).await?;
+        match collection {
+            Some(c) => {
                 let mut con = self.con.clone();
-                // UNLINK frees in the background; it counts only keys that still existed.
-                removed += self.call(redis::cmd("UNLINK").arg(keys).query_async::<u64>(&mut con)).await?;
+                self.call(redis::cmd("UNLINK").arg(&self.source_keys(c)[..]).query_async::<u64>(&mut con)).await?;
             }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(removed);
+            None => {
+                self.unlink_matching(&self.source_pattern()).await?;
             }
         }
+        Ok(removed)
+    }
+
+    async fn remove_dedup(&self, collection: &str, sha256: &str) -> Result<(), StateError> {
+        let mut con = self.con.clone();
+        self.call(redis::cmd("DEL").arg(self.dedup_key(collection, sha256)).query_async::<i64>(&mut con)).await.map(drop)
+    }
+
+    async fn source_entries(&self, collection: &str, paths: &[String]) -> Result<Vec<Option<SourceEntry>>, StateError> {
+        let [_, entries] = self.source_keys(collection);
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(SCAN_BATCH) {
+            let mut con = self.con.clone();
+            let values: Vec<Option<String>> = self.call(redis::cmd("HMGET").arg(&entries).arg(chunk).query_async(&mut con)).await?;
+            for value in values {
+                out.push(value.as_deref().map(source_entry).transpose()?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_source_entry(&self, job_id: &str, collection: &str, path: &str, entry: &SourceEntry) -> Result<Option<SourceEntry>, StateError> {
+        let [paths, entries] = self.source_keys(collection);
+        let mut con = self.con.clone();
+        let (code, old): (i64, String) = self
+            .call(
+                SCRIPTS
+                    .put_source_entry
+                    .key(self.job_key(job_id))
+                    .key(paths)
+                    .key(entries)
+                    .arg(path)
+                    .arg(format!("{}:{}", entry.sha256, entry.marker))
+                    .arg(&entry.sha256)
+                    .invoke_async(&mut con),
+            )
+            .await?;
+        Self::not_found_if_missing(job_id, code)?;
+        if old.is_empty() { Ok(None) } else { source_entry(&old).map(Some) }
+    }
+
+    async fn source_entries_under(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, SourceEntry)>, StateError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let [paths, entries] = self.source_keys(collection);
+        let min: Vec<u8> = match after {
+            Some(after) if after >= prefix => [b"(".as_slice(), after.as_bytes()].concat(),
+            _ if prefix.is_empty() => b"-".to_vec(),
+            _ => [b"[".as_slice(), prefix.as_bytes()].concat(),
+        };
+        // No UTF-8 text holds the byte 0xFF, so every path under the prefix sorts before this.
+        let max: Vec<u8> = if prefix.is_empty() { b"+".to_vec() } else { [b"(".as_slice(), prefix.as_bytes(), b"\xff".as_slice()].concat() };
+        let mut con = self.con.clone();
+        let flat: Vec<String> = self
+            .call(SCRIPTS.source_entries_under.key(paths).key(entries).arg(min).arg(max).arg(limit).invoke_async(&mut con))
+            .await?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut it = flat.into_iter();
+        while let (Some(path), Some(value)) = (it.next(), it.next()) {
+            out.push((path, source_entry(&value)?));
+        }
+        Ok(out)
+    }
+
+    async fn remove_source_entries(&self, job_id: Option<&str>, collection: &str, paths: &[String]) -> Result<u64, StateError> {
+        let [set, entries] = self.source_keys(collection);
+        let mut removed = 0u64;
+        // Each chunk counts what it removed in its own atomic step, so a retry after a lost
+        // reply never counts a path twice.
+        for chunk in paths.chunks(SCAN_BATCH) {
+            let mut inv = SCRIPTS.remove_source_entries.prepare_invoke();
+            inv.key(&set).key(&entries);
+            if let Some(job_id) = job_id {
+                inv.key(self.job_key(job_id));
+            }
+            for path in chunk {
+                inv.arg(path);
+            }
+            let mut con = self.con.clone();
+            let code: i64 = self.call(inv.invoke_async(&mut con)).await?;
+            removed += Self::not_found_if_missing(job_id.unwrap_or_default(), code)? as u64;
+        }
+        Ok(removed)
+    }
+
+    async fn discovered_among(&self, job_id: &str, items: &[String]) -> Result<Vec<bool>, StateError> {
+        let key = self.items_key(job_id);
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(SCAN_BATCH) {
+            let mut con = self.con.clone();
+            let flags: Vec<Option<u8>> = self.call(redis::cmd("HMGET").arg(&key).arg(chunk).query_async(&mut con)).await?;
+            out.extend(flags.into_iter().map(|f| f.is_some_and(|f| f % 2 == 1)));
+        }
+        Ok(out)
+    }
+
+    async fn put_watch(&self, watch: &WatchRecord) -> Result<(), StateError> {
+        let json = serde_json::to_string(watch).map_err(internal)?;
+        let mut con = self.con.clone();
+        self.call(redis::cmd("HSET").arg(self.watches_key()).arg(&watch.watch_id).arg(json).query_async::<i64>(&mut con)).await.map(drop)
+    }
+
+    async fn watches(&self) -> Result<Vec<WatchRecord>, StateError> {
+        let mut con = self.con.clone();
+        let all: Vec<(String, String)> = self.call(redis::cmd("HGETALL").arg(self.watches_key()).query_async(&mut con)).await?;
+        let mut out = Vec::with_capacity(all.len());
+        for (id, json) in all {
+            match serde_json::from_str::<WatchRecord>(&json) {
+                Ok(watch) => out.push(watch),
+                Err(e) => tracing::error!(watch_id = %id, error = %e, "a watch record cannot be read; it is left out"),
+            }
+        }
+        out.sort_by(|a, b| (&a.created_at, &a.watch_id).cmp(&(&b.created_at, &b.watch_id)));
+        Ok(out)
+    }
+
+    async fn delete_watch(&self, watch_id: &str) -> Result<bool, StateError> {
+        let mut con = self.con.clone();
+        let deleted: i64 = self.call(redis::cmd("HDEL").arg(self.watches_key()).arg(watch_id).query_async(&mut con)).await?;
+        Ok(deleted == 1)
     }
 
     async fn create_job(&self, job: &JobRecord) -> Result<(), StateError> {
@@ -378,6 +522,8 @@ impl StateStore for RedisStateStore {
             ("processed", job.counts.processed.to_string()),
             ("duplicates", job.counts.duplicates.to_string()),
             ("failed", job.counts.failed.to_string()),
+            ("updated", job.counts.updated.to_string()),
+            ("removed", job.counts.removed.to_string()),
         ];
         for (name, value) in [("error", &job.error), ("started_at", &job.started_at), ("finished_at", &job.finished_at)] {
             if let Some(v) = value {

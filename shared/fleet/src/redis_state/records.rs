@@ -56,6 +56,8 @@ pub(super) fn job_from_snapshot(job_id: &str, fields: Vec<String>, logs: Vec<Str
         processed: counter("processed")?,
         duplicates: counter("duplicates")?,
         failed: counter("failed")?,
+        updated: counter("updated")?,
+        removed: counter("removed")?,
     };
     if let Some(s) = map.get("status") {
         job.status = parse_status(s)?;

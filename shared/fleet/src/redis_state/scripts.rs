@@ -14,6 +14,9 @@ const CLAIM_LUA: &str = include_str!("scripts/claim.lua");
 const DEDUP_ENTRY_LUA: &str = include_str!("scripts/dedup_entry.lua");
 const MARK_DONE_LUA: &str = include_str!("scripts/mark_done.lua");
 const DELETE_IF_PREFIX_LUA: &str = include_str!("scripts/delete_if_prefix.lua");
+const PUT_SOURCE_ENTRY_LUA: &str = include_str!("scripts/put_source_entry.lua");
+const REMOVE_SOURCE_ENTRIES_LUA: &str = include_str!("scripts/remove_source_entries.lua");
+const SOURCE_ENTRIES_UNDER_LUA: &str = include_str!("scripts/source_entries_under.lua");
 
 /// Helpers shared by the job scripts; `{FINAL}`, `{RUNNING}`, `{COMPLETED}` and `{MAX_LOGS}`
 /// are filled in from the domain types ([`job_prelude`]).
@@ -32,6 +35,9 @@ pub(super) struct Scripts {
     pub(super) dedup_entry: Script,
     pub(super) mark_done: Script,
     pub(super) delete_if_prefix: Script,
+    pub(super) put_source_entry: Script,
+    pub(super) remove_source_entries: Script,
+    pub(super) source_entries_under: Script,
     pub(super) create_job: Script,
     pub(super) load_jobs: Script,
     pub(super) set_status: Script,
@@ -64,6 +70,9 @@ pub(super) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| {
         dedup_entry: Script::new(DEDUP_ENTRY_LUA),
         mark_done: Script::new(MARK_DONE_LUA),
         delete_if_prefix: Script::new(DELETE_IF_PREFIX_LUA),
+        put_source_entry: Script::new(PUT_SOURCE_ENTRY_LUA),
+        remove_source_entries: Script::new(REMOVE_SOURCE_ENTRIES_LUA),
+        source_entries_under: Script::new(SOURCE_ENTRIES_UNDER_LUA),
         create_job: job(CREATE_JOB_LUA),
         load_jobs: job(LOAD_JOBS_LUA),
         set_status: job(SET_STATUS_LUA),

@@ -30,6 +30,7 @@ fn prepared(files: &[PathBuf]) -> anyhow::Result<Vec<PreparedImage>> {
             blip_size: options.blip_size,
             blip_pixels: pixels.blip_pixels,
             claim_token: "0.bench".into(),
+            marker: None,
         });
     }
     Ok(out)
