@@ -40,17 +40,23 @@ pub struct ApiConfig {
     #[arg(long, env = "IMGFLEET_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
-    /// Directory that ingest paths must lie in (symlinks resolved); original files are
-    /// served only from inside these. Repeat the flag (or comma-separate the variable) for
-    /// several. Default: the directory the server was started in.
+    /// Directory that ingest paths must lie in (symlinks resolved; original files are served
+    /// only from inside these), or bucket prefix `s3://bucket[/prefix]` that ingested bucket
+    /// prefixes must lie in. Repeat the flag (or comma-separate the variable) for several.
+    /// Default: the directory the server was started in.
     #[arg(long = "ingest-root", env = "IMGFLEET_INGEST_ROOTS", value_delimiter = ',')]
     pub ingest_roots: Vec<PathBuf>,
 
-    /// Where uploaded originals are kept: a folder (on a shared file system when CPU workers run
-    /// on other machines). Default: `<data dir>/blobs` for `imgfleet serve`; `imgfleet-api`
-    /// takes no uploads without it.
+    /// Where uploaded originals are kept: a folder, or a bucket prefix `s3://bucket/prefix` (a
+    /// fleet: every CPU worker reads the uploads from it; give them the same --blob-store).
+    /// Default: `<data dir>/blobs` for `imgfleet serve`; `imgfleet-api` takes no uploads
+    /// without it.
     #[arg(long, env = "IMGFLEET_BLOB_STORE")]
     pub blob_store: Option<String>,
+
+    /// Object storage: the buckets of `s3://` ingest roots and of an `s3://` --blob-store.
+    #[command(flatten)]
+    pub s3: imgfleet_objects::S3Args,
 
     /// Largest uploaded file accepted (bigger ones are failed files of their job): `512MiB`,
     /// `2GiB`, or bytes.
@@ -90,11 +96,27 @@ impl ApiConfig {
         imgfleet_embedded::EdgeStoreOptions { min_free_bytes: self.min_free_disk, ..Default::default() }
     }
 
-    /// The uploads of this server: the blob store named by `--blob-store`, else `default` (a
-    /// folder), else none.
-    pub fn uploads(&self, default: Option<std::path::PathBuf>) -> std::io::Result<Option<crate::Uploads>> {
-        let folder = match (&self.blob_store, default) {
-            (Some(spec), _) => std::path::PathBuf::from(spec),
+    /// The uploads of this server: the blob store named by `--blob-store` (a folder, or a
+    /// bucket prefix on the object storage `s3`), else the folder `default`, else none.
+    pub fn uploads(&self, default: Option<PathBuf>, s3: &imgfleet_objects::S3Config) -> std::io::Result<Option<crate::Uploads>> {
+        use imgfleet_core::source::Source;
+        let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        let folder = match (self.blob_store.as_deref().map(str::trim), default) {
+            (Some(spec), _) if spec.starts_with(imgfleet_core::source::S3_SCHEME) => {
+                let location = match Source::parse(spec) {
+                    Ok(Source::Bucket(location)) => location,
+                    Ok(Source::Directory(_)) => return Err(invalid(format!("--blob-store {spec:?} is not a bucket prefix"))),
+                    Err(e) => return Err(invalid(format!("--blob-store: {e}"))),
+                };
+                let store = imgfleet_objects::ObjectBlobStore::new(s3, location).map_err(|e| invalid(format!("--blob-store: {e}")))?;
+                // Parts are streamed to a local file, then sent to the bucket in parts.
+                let staging_dir = self.data_dir.join("upload-staging");
+                std::fs::create_dir_all(&staging_dir)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("upload staging folder {}: {e}", staging_dir.display())))?;
+                return Ok(Some(crate::Uploads { blobs: std::sync::Arc::new(store), staging_dir, max_file_bytes: self.max_upload_bytes }));
+            }
+            (Some(""), _) => return Err(invalid("--blob-store is empty".into())),
+            (Some(spec), _) => PathBuf::from(spec),
             (None, Some(folder)) => folder,
             (None, None) => return Ok(None),
         };

@@ -16,6 +16,7 @@ use imgfleet_embedded::EdgeVectorStore;
 use imgfleet_fleet::connect::FleetArgs;
 use imgfleet_fleet::{FleetProcess, NatsEncoder};
 use imgfleet_indexer::{IndexConfig, IndexStage};
+use imgfleet_objects::S3Sources;
 use imgfleet_models::{ModelArgs, model_geometry};
 use tracing::{info, warn};
 
@@ -54,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
         CollectionName::parse(&cli.api.collection).map_err(|e| anyhow::anyhow!("--collection: {e}"))?;
     let geometry = model_geometry(&cli.models).await.context("reading the CLIP model's config")?;
     let ingest_roots = cli.api.ingest_roots_or_cwd().context("reading the current directory")?;
+    let s3 = cli.api.s3.resolve().context("object storage (--s3-*)")?;
+    info!(s3 = %s3.describe(), "object storage (buckets are contacted when one is read)");
 
     let mut process = FleetProcess::connect(NAME, &cli.fleet).await?;
     let state = process.state();
@@ -100,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
         ingest_roots,
         thumbnailer: Some(Arc::new(CpuThumbnailer::default())),
         workers: Some(workers),
-        uploads: cli.api.uploads(None).context("opening the blob store")?,
+        uploads: cli.api.uploads(None, &s3).context("opening the blob store")?,
+        objects: Some(Arc::new(S3Sources::new(s3.clone()))),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{}", e.message))?;

@@ -5,7 +5,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use imgfleet_core::domain::{CollectionName, CollectionSpec, Distance};
-use imgfleet_core::ports::{BlobStore, Encoder, StateStore, VectorError, VectorStore, WorkQueue};
+use imgfleet_core::ingest_roots::IngestRoots;
+use imgfleet_core::ports::{BlobStore, Encoder, ObjectSource, StateStore, VectorError, VectorStore, WorkQueue};
 use imgfleet_core::workers::WorkerRegistry;
 use imgfleet_http::ApiKeys;
 
@@ -35,12 +36,17 @@ pub struct Inner {
     pub encoder: Option<Arc<dyn Encoder>>,
     /// Canonical directories that ingest paths (and served originals) must lie in.
     pub ingest_roots: Vec<PathBuf>,
+    /// Bucket prefixes (`s3://` ingest roots) that ingested bucket prefixes must lie in.
+    pub bucket_roots: IngestRoots,
     pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
     /// The live encoder workers (`GET /api/v1/workers`); `None`: no encoder works for this
     /// server's pipeline.
     pub workers: Option<Arc<WorkerRegistry>>,
     /// Where uploads go; `None`: this server takes none.
     pub uploads: Option<Uploads>,
+    /// Reads originals of images ingested from buckets (inside `bucket_roots`); `None`: they
+    /// are not served.
+    pub objects: Option<Arc<dyn ObjectSource>>,
     /// Blocking file system calls, bounded in number and time.
     pub fs: FsGate,
     /// Thumbnails rendered at once (one per core) and waiting.
@@ -92,11 +98,14 @@ pub struct AppStateParts {
     pub api_keys: ApiKeys,
     pub queue: Option<Arc<dyn WorkQueue>>,
     pub encoder: Option<Arc<dyn Encoder>>,
-    /// Canonicalised by [`AppState::new`]; each must exist.
+    /// Directories, canonicalised by [`AppState::new`] (each must exist), and bucket prefixes
+    /// (`s3://bucket/prefix`).
     pub ingest_roots: Vec<PathBuf>,
     pub thumbnailer: Option<Arc<dyn Thumbnailer>>,
     pub workers: Option<Arc<WorkerRegistry>>,
     pub uploads: Option<Uploads>,
+    /// Reads originals of images ingested from buckets; `None`: they are not served.
+    pub objects: Option<Arc<dyn ObjectSource>>,
 }
 
 impl AppStateParts {
@@ -114,6 +123,7 @@ impl AppStateParts {
             thumbnailer: None,
             workers: None,
             uploads: None,
+            objects: None,
         }
     }
 }
@@ -133,8 +143,10 @@ impl AppState {
             thumbnailer,
             workers,
             uploads,
+            objects,
         } = parts;
-        let ingest_roots = ingest_roots
+        let mut bucket_roots = IngestRoots::split(&ingest_roots).map_err(|e| AppError::invalid(format!("ingest root {e}")))?;
+        let ingest_roots = std::mem::take(&mut bucket_roots.directories)
             .iter()
             .map(|root| {
                 let canonical = root.canonicalize().map_err(|e| {
@@ -170,9 +182,11 @@ impl AppState {
             queue,
             encoder,
             ingest_roots,
+            bucket_roots,
             thumbnailer,
             workers,
             uploads,
+            objects,
             fs: FsGate::new(MAX_FS_CALLS),
             thumbnail_slots: Slots::new("thumbnail", cores(), THUMBNAILS_WAITING, Duration::from_secs(10)),
             duplicate_slots: Slots::new("duplicates", DUPLICATES_RUNNING, DUPLICATES_WAITING, Duration::from_secs(5)),

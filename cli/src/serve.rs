@@ -18,6 +18,7 @@ use imgfleet_core::workers::WorkerRegistry;
 use imgfleet_embedded::{EdgeVectorStore, FileStateStore, MemoryQueue, MemoryQueueConfig};
 use imgfleet_indexer::{IndexConfig, IndexStage};
 use imgfleet_models::ModelArgs;
+use imgfleet_objects::S3Sources;
 use imgfleet_worker_cpu::scan::file_task_id;
 use imgfleet_worker_cpu::{CpuStageConfig, PrepareStage, ScanStage};
 use imgfleet_worker_gpu::encode::{EncodeConfig, EncodeStage};
@@ -101,6 +102,9 @@ impl Embedded {
     /// [`Embedded::start`] with models already loaded.
     pub async fn start_with(config: &ServeConfig, encoder: Arc<TchEncoder>) -> anyhow::Result<Self> {
         let api = &config.api;
+        let s3 = api.s3.resolve().context("object storage (--s3-*)")?;
+        info!(s3 = %s3.describe(), "object storage (buckets are contacted when a job lists or reads one)");
+        let objects = Arc::new(S3Sources::new(s3.clone()));
         let default_collection = CollectionName::parse(&api.collection).map_err(|e| anyhow::anyhow!("--collection: {e}"))?;
         let state = Arc::new(FileStateStore::open(&api.data_dir).context("opening the state store")?);
         let voided = state.void_claims().await.context("clearing the previous run's claims")?;
@@ -141,14 +145,15 @@ impl Embedded {
         }
         // `GET /api/v1/workers` lists the in-process encoder, heartbeats and all, as a fleet's.
         let workers = WorkerRegistry::new();
-        let uploads = api.uploads(Some(api.data_dir.join("blobs"))).context("opening the blob store")?;
+        let uploads = api.uploads(Some(api.data_dir.join("blobs")), &s3).context("opening the blob store")?;
         let mut cpu = PrepareStage::new(work_queue.clone(), state_store.clone(), cpu_config.clone())
             .context("CPU stage settings")?
-            .following(workers.clone());
+            .following(workers.clone())
+            .with_objects(objects.clone());
         if let Some(uploads) = &uploads {
             cpu = cpu.with_blobs(uploads.blobs.clone());
         }
-        let scanner = ScanStage::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks);
+        let scanner = ScanStage::new(work_queue.clone(), state_store.clone(), cpu_config.symlinks).with_objects(objects.clone());
         let encoder_stage = EncodeStage::new(work_queue.clone(), state_store.clone(), ingest, encoder_config);
         let announcer = encoder_stage.announcer("embedded".into());
         let indexer = IndexStage::new(
@@ -179,6 +184,7 @@ impl Embedded {
             thumbnailer: Some(Arc::new(CpuThumbnailer::new(cpu_config.prepare_options().limits, cpu_config.max_file_bytes))),
             workers: Some(workers.clone()),
             uploads: uploads.clone(),
+            objects: Some(objects.clone()),
         })
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -294,6 +300,7 @@ async fn resume_jobs(state: &FileStateStore, queue: &dyn WorkQueue) -> anyhow::R
         } else {
             let mut request = ScanRequest::new(job.job_id.clone(), job.collection.clone(), job.directory_path.clone());
             request.only_new = true;
+            request.keep_orphans = job.keep_orphans;
             queue.publish(Stream::Scan, &job.job_id, messages::encode(&request)).await?;
         }
     }

@@ -76,7 +76,7 @@ pub struct IndexStage {
 
 impl IndexStage {
     pub fn new(queue: Arc<dyn WorkQueue>, state: Arc<dyn StateStore>, vectors: Arc<dyn VectorStore>, config: IndexConfig) -> Self {
-        let sources = SourceSync { state: Arc::clone(&state), vectors: Arc::clone(&vectors) };
+        let sources = SourceSync { queue: Arc::clone(&queue), state: Arc::clone(&state), vectors: Arc::clone(&vectors) };
         Self { queue, state, vectors, config, jobs: JobStatusCache::default(), sources }
     }
 
@@ -391,11 +391,16 @@ impl IndexStage {
         Ok(found)
     }
 
-    /// Adds the notes' paths to their points; returns the ids of the points that exist.
+    /// Adds the notes' paths to their points; returns the ids of the points that exist. A note
+    /// of a job that has ended (a late redelivery, a cancelled job) adds nothing: a later sync
+    /// may have moved its path on since.
     async fn apply_paths(&self, collection: &str, batch: &[(Delivery, DuplicatePath)]) -> Result<BTreeSet<Uuid>, StageError> {
         let mut wanted: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
         for (_, note) in batch {
-            wanted.entry(point_id_for(&note.sha256)).or_default().push(note.duplicate_path.clone());
+            let paths = wanted.entry(point_id_for(&note.sha256)).or_default();
+            if !self.jobs.is_ended(self.state.as_ref(), &note.job_id).await? {
+                paths.push(note.duplicate_path.clone());
+            }
         }
         let ids: Vec<Uuid> = wanted.keys().copied().collect();
         let existing = match self.vectors.get(collection, &ids, false).await {

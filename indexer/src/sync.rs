@@ -25,7 +25,7 @@ use std::time::Duration;
 use imgfleet_core::domain::point_id_for;
 use imgfleet_core::job_status::{JobStatusCache, complete_if_done};
 use imgfleet_core::messages::SweepRequest;
-use imgfleet_core::ports::{Delivery, Settle, StateStore, VectorError, VectorStore};
+use imgfleet_core::ports::{Delivery, Settle, StateStore, VectorError, VectorStore, WorkQueue, publish_attempt};
 use imgfleet_core::source::{Location, SourceEntry, location};
 use imgfleet_core::stage::StageError;
 use serde_json::Value;
@@ -43,6 +43,11 @@ const SWEEP_POLL: Duration = Duration::from_millis(200);
 /// How often a waiting sweep tells the queue it is still on its delivery.
 const SWEEP_HEARTBEAT: Duration = Duration::from_secs(2);
 
+/// How long a sweep waits on one delivery for its job's files to settle before it hands itself
+/// on as a new message: an indexer killed while holding it costs that message a delivery, and a
+/// long job must not use up the queue's deliveries of one.
+const SWEEP_HOLD: Duration = Duration::from_secs(30);
+
 /// A path that was stored with its content and the version read, to record in the source index.
 pub(crate) struct SourcedPath<'a> {
     pub job_id: &'a str,
@@ -54,6 +59,7 @@ pub(crate) struct SourcedPath<'a> {
 /// The source index and the vector edits that follow it (see the module docs).
 #[derive(Clone)]
 pub(crate) struct SourceSync {
+    pub queue: Arc<dyn WorkQueue>,
     pub state: Arc<dyn StateStore>,
     pub vectors: Arc<dyn VectorStore>,
 }
@@ -196,7 +202,8 @@ impl SourceSync {
     }
 
     async fn wait_and_sweep(&self, delivery: &Delivery, sweep: &SweepRequest, retry: Duration) -> Settle {
-        let mut last_heartbeat = std::time::Instant::now();
+        let held_since = std::time::Instant::now();
+        let mut last_heartbeat = held_since;
         loop {
             let result = match self.state.job(&sweep.job_id).await {
                 Ok(None) => return Settle::Ack,
@@ -207,6 +214,10 @@ impl SourceSync {
             };
             match result {
                 Ok(true) => return Settle::Ack,
+                Ok(false) if held_since.elapsed() >= SWEEP_HOLD => match self.hand_on(delivery, sweep).await {
+                    Ok(()) => return Settle::Ack,
+                    Err(e) => warn!(job_id = %sweep.job_id, error = %e, "handing the sweep on failed; it goes on waiting here"),
+                },
                 Ok(false) => {}
                 Err(e) if e.pause().is_some() => {
                     warn!(job_id = %sweep.job_id, error = %e, "sweep waits for a store");
@@ -223,6 +234,23 @@ impl SourceSync {
             }
             tokio::time::sleep(SWEEP_POLL).await;
         }
+    }
+}
+
+impl SourceSync {
+    /// Publishes the sweep again as its next attempt (`…:wait{n}`, named after this message, so a
+    /// redelivery publishes the same one), to be acked in its place.
+    async fn hand_on(&self, delivery: &Delivery, sweep: &SweepRequest) -> Result<(), StageError> {
+        let mut next = sweep.clone();
+        next.attempt += 1;
+        let base = match delivery.message_id.rsplit_once(":wait") {
+            Some((base, n)) if n.parse::<u32>().is_ok() => base,
+            _ => delivery.message_id.as_str(),
+        };
+        let id = format!("{base}:wait{}", next.attempt);
+        publish_attempt(self.queue.as_ref(), imgfleet_core::names::Stream::Encoded, &id, imgfleet_core::messages::encode(&next)).await?;
+        debug!(job_id = %sweep.job_id, attempt = next.attempt, "the job's files are still settling; the sweep is handed on");
+        Ok(())
     }
 }
 

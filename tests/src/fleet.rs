@@ -36,6 +36,10 @@ pub struct FleetOptions {
     pub cpu_args: Vec<String>,
     /// `0`: the embedded vector store. Else a Qdrant server and this many indexer processes.
     pub qdrant_indexers: usize,
+    /// More flags for the API.
+    pub api_args: Vec<String>,
+    /// More environment variables for every process (S3 credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for FleetOptions {
@@ -49,6 +53,8 @@ impl Default for FleetOptions {
             max_ack_pending: None,
             cpu_args: Vec::new(),
             qdrant_indexers: 0,
+            api_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -91,7 +97,8 @@ impl Fleet {
             api_args.extend(Self::qdrant_args(qdrant));
             api_args.push("--no-indexer".into());
         }
-        let api = ChildProcess::spawn("imgfleet-api", &api_args);
+        api_args.extend(options.api_args.iter().cloned());
+        let api = ChildProcess::spawn_with_env("imgfleet-api", &api_args, &options.env);
         let mut fleet =
             Self { nats, redis, api, cpu: Vec::new(), gpu: Vec::new(), indexers: Vec::new(), qdrant, options, data, root };
         for slot in 0..fleet.options.cpu_workers {
@@ -149,7 +156,7 @@ impl Fleet {
                 args.extend(["--max-prepared-waiting".to_owned(), self.options.max_prepared_waiting.to_string()]);
                 args.extend(["--ingest-root".to_owned(), self.root.display().to_string()]);
                 args.extend(self.options.cpu_args.iter().cloned());
-                ChildProcess::spawn("imgfleet-worker-cpu", &args)
+                ChildProcess::spawn_with_env("imgfleet-worker-cpu", &args, &self.options.env)
             }
             Worker::Gpu(slot) => {
                 args.extend(["--device".to_owned(), "cpu".into()]);

@@ -152,9 +152,15 @@ impl ChildProcess {
     /// Starts a workspace binary that prints `<name> listening on http://ADDR` once it serves,
     /// and waits (60 s at most) for that line.
     pub fn spawn(name: &str, args: &[String]) -> Self {
+        Self::spawn_with_env(name, args, &[])
+    }
+
+    /// [`Self::spawn`] with more environment variables (credentials that take no flag).
+    pub fn spawn_with_env(name: &str, args: &[String], env: &[(String, String)]) -> Self {
         let prefix = format!("{name} listening on http://");
         let mut child = Command::new(workspace_binary(name))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -11,3 +11,4 @@ pub mod process;
 pub mod prometheus_server;
 pub mod qdrant_server;
 pub mod redis_server;
+pub mod s3_server;

@@ -59,7 +59,8 @@ fn bench_prep(args: &PrepBenchArgs) -> Result<String, BenchError> {
     let files: Vec<PathBuf> = Walk::new(&args.dir, SymlinkPolicy::InsideRoot)?
         .filter_map(|item| match item {
             WalkItem::Candidate(path) => Some(path),
-            WalkItem::Skipped { .. } => None,
+            // A folder's walk lists no bucket.
+            WalkItem::Skipped { .. } | WalkItem::Listed { .. } => None,
         })
         .collect();
     if files.is_empty() {
@@ -99,7 +100,7 @@ fn bench_scan(args: &ScanBenchArgs) -> Result<String, BenchError> {
     let (mut candidates, mut skipped) = (0u64, 0u64);
     for item in Walk::new(&args.dir, SymlinkPolicy::InsideRoot)? {
         match item {
-            WalkItem::Candidate(_) => candidates += 1,
+            WalkItem::Candidate(_) | WalkItem::Listed { .. } => candidates += 1,
             WalkItem::Skipped { .. } => skipped += 1,
         }
     }

@@ -1,16 +1,20 @@
-//! `imgfleet-worker-cpu`: a fleet's CPU worker. It walks ingest directories (scan requests)
-//! and prepares their files (hash, dedup, decode, resize) from the NATS queue, with dedup
-//! claims and job state in Redis; `/healthz` and `/metrics` on --port.
+//! `imgfleet-worker-cpu`: a fleet's CPU worker. It walks ingest directories and lists bucket
+//! prefixes (scan requests) and prepares their files (hash, dedup, decode, resize) from the NATS
+//! queue, with dedup claims and job state in Redis; `/healthz` and `/metrics` on --port.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use imgfleet_fleet::FleetProcess;
 use imgfleet_fleet::connect::FleetArgs;
+use imgfleet_core::ports::BlobStore;
+use imgfleet_core::source::Source;
 use imgfleet_models::{ModelArgs, model_geometry};
+use imgfleet_objects::{ObjectBlobStore, S3Args, S3Sources};
 use imgfleet_worker_cpu::{CpuStageConfig, PrepareStage, PreparedLimit, ScanStage};
 use tracing::info;
 
@@ -39,11 +43,19 @@ struct Cli {
     /// Do not walk directories; only prepare files (scan requests go to other workers).
     #[arg(long, env = "IMGFLEET_NO_SCAN")]
     no_scan: bool,
-    /// Directory scan requests must lie in (symlinks resolved), as on the API; a request for
-    /// another directory fails its job. Repeat the flag (or comma-separate the variable) for
-    /// several. Required unless --no-scan.
+    /// Directory (symlinks resolved) or bucket prefix (`s3://bucket/prefix`) scan requests must
+    /// lie in, as on the API; a request for anything else fails its job. Repeat the flag (or
+    /// comma-separate the variable) for several. Required unless --no-scan.
     #[arg(long = "ingest-root", env = "IMGFLEET_INGEST_ROOTS", value_delimiter = ',')]
     ingest_roots: Vec<PathBuf>,
+    /// Object storage: the buckets of `s3://` ingest roots and the blob store.
+    #[command(flatten)]
+    s3: S3Args,
+    /// Where the API keeps uploaded originals (the API's --blob-store): `s3://bucket/prefix`,
+    /// or a folder on a mount every worker shares. This worker reads uploads from it; none:
+    /// uploaded files fail here, saying so.
+    #[arg(long, env = "IMGFLEET_BLOB_STORE")]
+    blob_store: Option<String>,
     /// Log JSON lines instead of text.
     #[arg(long, env = "IMGFLEET_LOG_JSON")]
     log_json: bool,
@@ -53,7 +65,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     imgfleet_core::telemetry::init(cli.log_json);
-    info!(fleet = ?cli.fleet, models = ?cli.models, cpu = ?cli.cpu, no_scan = cli.no_scan, ingest_roots = ?cli.ingest_roots, "starting {NAME}");
+    info!(fleet = ?cli.fleet, models = ?cli.models, cpu = ?cli.cpu, no_scan = cli.no_scan, ingest_roots = ?cli.ingest_roots, s3 = ?cli.s3, blob_store = ?cli.blob_store, "starting {NAME}");
     cli.fleet.require_nats(NAME)?;
     cli.fleet.require_redis(NAME)?;
     if !cli.no_scan && cli.ingest_roots.is_empty() {
@@ -61,6 +73,22 @@ async fn main() -> anyhow::Result<()> {
             "{NAME} walks the directories of scan requests: give it the API's --ingest-root (IMGFLEET_INGEST_ROOTS), or --no-scan"
         );
     }
+    let s3 = cli.s3.resolve().context("object storage (--s3-*)")?;
+    let blobs: Option<Arc<dyn BlobStore>> = match cli.blob_store.as_deref().map(str::trim) {
+        None => None,
+        Some("") => anyhow::bail!("--blob-store is empty"),
+        Some(spec) => match Source::parse(spec) {
+            Ok(Source::Bucket(location)) => Some(Arc::new(ObjectBlobStore::new(&s3, location).context("--blob-store")?)),
+            // A folder: the same one the API writes, on a shared mount.
+            Ok(Source::Directory(folder)) => Some(Arc::new(
+                imgfleet_embedded::FolderBlobStore::open(&folder).with_context(|| format!("--blob-store {}", folder.display()))?,
+            )),
+            Err(e) => anyhow::bail!("--blob-store: {e}"),
+        },
+    };
+    info!(s3 = %s3.describe(), blob_store = ?blobs.as_ref().map(|b| b.describe()), "object storage");
+    // Clients are built per bucket on first use: nothing is contacted until a bucket is read.
+    let objects = Arc::new(S3Sources::new(s3));
     let geometry = model_geometry(&cli.models).await.context("reading the models' configs")?;
     cli.cpu.clip_size = geometry.clip_size;
     cli.cpu.blip_size = geometry.blip_size.unwrap_or(0);
@@ -72,7 +100,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("subscribing to the encoder workers' heartbeats")?;
     process.spawn(imgfleet_fleet::nats_workers::follow_in_flight_limit(process.nats().clone(), encoders.clone(), process.stop_signal()));
-    let stage = PrepareStage::new(process.queue(), process.state(), cli.cpu.clone()).context("CPU stage settings")?.following(encoders);
+    let mut stage =
+        PrepareStage::new(process.queue(), process.state(), cli.cpu.clone()).context("CPU stage settings")?.following(encoders).with_objects(objects.clone());
+    if let Some(blobs) = blobs {
+        stage = stage.with_blobs(blobs);
+    }
     info!(
         owner = stage.owner(),
         concurrency = cli.cpu.effective_concurrency(),
@@ -82,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     );
     if !cli.no_scan {
         let scanner = ScanStage::new(process.queue(), process.state(), cli.cpu.symlinks)
+            .with_objects(objects)
             .with_ingest_roots(&cli.ingest_roots)
             .context("--ingest-root")?;
         info!(roots = ?cli.ingest_roots, "scanning only inside the ingest roots");

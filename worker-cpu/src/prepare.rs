@@ -263,7 +263,7 @@ impl PrepareStage {
                 };
                 match objects.read(bucket, key, max_bytes).await {
                     Ok(object) => {
-                        let marker = object_marker(object.bytes.len() as u64, object.etag.as_deref());
+                        let marker = task.marker.clone().unwrap_or_else(|| object_marker(object.bytes.len() as u64, object.etag.as_deref()));
                         (object.bytes, object.last_modified, Some(marker))
                     }
                     Err(e) => return object_failure(e).map(Err),

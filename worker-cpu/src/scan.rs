@@ -1,11 +1,13 @@
 //! The scan stage: consumes `Stream::Scan` (one request per ingest job), walks the request's
-//! directory ([`crate::walk`]) on a blocking thread and publishes one `FileTask` per candidate
-//! on `Stream::Files`. The walk hands candidates over a bounded channel and pauses while the
-//! files stream is full, so a huge tree never runs far ahead of the prepare stage.
+//! directory ([`crate::walk`]) on a blocking thread, or lists its bucket prefix
+//! ([`crate::list`]) through the `ObjectSource`, and publishes one `FileTask` per candidate on
+//! `Stream::Files`. The walk hands candidates over a bounded channel and pauses while the files
+//! stream is full, so a huge tree never runs far ahead of the prepare stage.
 //!
-//! Re-ingest stays cheap: a candidate whose marker (size and mtime, see
+//! Re-ingest stays cheap: a candidate whose marker (size and mtime, or size and ETag, see
 //! [`imgfleet_core::source`]) is the one the source index holds for its path, and whose content
-//! is stored, is counted as a duplicate at once, with no file task (so no hashing). Once the walk
+//! is stored, goes to the indexer as a duplicate note at once, with no file task (so no read and
+//! no hashing); the indexer counts it once it has seen the point. Once the walk
 //! is complete, a [`SweepRequest`] asks the indexer to remove the paths that vanished; the
 //! indexer then marks the scan complete.
 
@@ -16,11 +18,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use imgfleet_core::domain::JobStatus;
 use imgfleet_core::ports::DedupEntry;
-use imgfleet_core::source::{Source, file_marker};
-use imgfleet_core::domain::{ItemOutcome, point_id_for};
-use imgfleet_core::messages::{self, FileTask, ScanRequest, SweepRequest};
+use imgfleet_core::ingest_roots::IngestRoots;
+use imgfleet_core::source::{ObjectPrefix, Source, file_marker};
+use imgfleet_core::domain::point_id_for;
+use imgfleet_core::messages::{self, DuplicatePath, FileTask, ScanRequest, SweepRequest};
 use imgfleet_core::names::Stream;
-use imgfleet_core::ports::{Delivery, QueueError, Settle, StateError, StateStore, WorkQueue};
+use imgfleet_core::ports::{Delivery, ObjectError, ObjectSource, QueueError, Settle, StateError, StateStore, WorkQueue, publish_attempt};
 use imgfleet_core::stage::{OnError, PerDelivery, Stage, StageError, StageSpec, Stop, settle_one};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -50,8 +53,14 @@ pub struct ScanStage {
     queue: Arc<dyn WorkQueue>,
     state: Arc<dyn StateStore>,
     symlinks: SymlinkPolicy,
-    /// Canonical directories scan requests must lie in; empty: any (the API checked them).
+    /// Canonical directories scan requests must lie in; empty: any (the API checked them),
+    /// unless `bucket_roots` is set.
     ingest_roots: Vec<PathBuf>,
+    /// Bucket prefixes scan requests must lie in, set with the directories by
+    /// [`ScanStage::with_ingest_roots`]; `None`: any (and any directory).
+    bucket_roots: Option<IngestRoots>,
+    /// Lists bucket prefixes; `None`: a scan of a bucket fails its job.
+    objects: Option<Arc<dyn ObjectSource>>,
     retry_delay: Duration,
     fetch_wait: Duration,
     max_waiting_files: u64,
@@ -77,6 +86,8 @@ impl ScanStage {
             state,
             symlinks,
             ingest_roots: Vec::new(),
+            bucket_roots: None,
+            objects: None,
             retry_delay: Duration::from_secs(5),
             fetch_wait: Duration::from_secs(1),
             max_waiting_files: DEFAULT_MAX_WAITING_FILES,
@@ -89,15 +100,41 @@ impl ScanStage {
         self
     }
 
-    /// Refuses scan requests for directories outside `roots` (each canonicalised here): the job
-    /// fails, saying so. Whoever can publish on the queue cannot make this worker read
-    /// elsewhere.
+    /// Lists bucket prefixes (`s3://` scan requests) through `objects`.
+    pub fn with_objects(mut self, objects: Arc<dyn ObjectSource>) -> Self {
+        self.objects = Some(objects);
+        self
+    }
+
+    /// Refuses scan requests for directories outside the directory roots (each canonicalised
+    /// here) and for bucket prefixes outside the `s3://` roots: the job fails, saying so.
+    /// Whoever can publish on the queue cannot make this worker read elsewhere.
     pub fn with_ingest_roots(mut self, roots: &[PathBuf]) -> std::io::Result<Self> {
-        self.ingest_roots = roots
+        let split = IngestRoots::split(roots).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("ingest root {e}")))?;
+        self.ingest_roots = split
+            .directories
             .iter()
             .map(|root| root.canonicalize().map_err(|e| std::io::Error::new(e.kind(), format!("ingest root {}: {e}", root.display()))))
             .collect::<std::io::Result<_>>()?;
+        self.bucket_roots = Some(split);
         Ok(self)
+    }
+
+    /// Starts listing the bucket prefix `requested` into `sender`, or refuses it (outside the
+    /// bucket roots, no object storage) with the listing's one item.
+    fn start_listing(&self, requested: ObjectPrefix, sender: mpsc::Sender<Result<WalkItem, ScanError>>) -> tokio::task::JoinHandle<()> {
+        let prefix = match &self.bucket_roots {
+            None => Some(requested.clone()),
+            Some(roots) => roots.covering_bucket(&requested),
+        };
+        let Some(prefix) = prefix else {
+            let roots = self.bucket_roots.as_ref().map(IngestRoots::shown_buckets).filter(|r| !r.is_empty()).unwrap_or_else(|| "no bucket".into());
+            return crate::list::spawn_refusal(ScanError::OutsideRoots { path: requested.to_string(), roots }, sender);
+        };
+        match &self.objects {
+            Some(objects) => crate::list::spawn_listing(objects.clone(), prefix, sender),
+            None => crate::list::spawn_refusal(ScanError::NoObjectStorage { path: requested.to_string() }, sender),
+        }
     }
 
     /// The scan pauses while this many file tasks wait or are worked on, so the walk of a huge
@@ -109,11 +146,13 @@ impl ScanStage {
     }
 
     /// Publishes one file task per path (all at once), once the files stream has room.
-    async fn publish_tasks(&self, request: &ScanRequest, paths: &[String], delivery: &Delivery) -> Result<(), QueueError> {
+    /// Publishes a file task per `(path, listed marker)`.
+    async fn publish_tasks(&self, request: &ScanRequest, paths: &[(String, Option<String>)], delivery: &Delivery) -> Result<(), QueueError> {
         self.wait_for_room(delivery).await?;
         let job_id = request.job_id.as_str();
-        let published = futures::future::join_all(paths.iter().map(|path| async move {
-            let task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
+        let published = futures::future::join_all(paths.iter().map(|(path, marker)| async move {
+            let mut task = FileTask::new(request.job_id.clone(), request.collection.clone(), path.clone());
+            task.marker = marker.clone();
             self.queue.publish(Stream::Files, &file_task_id(job_id, path), messages::encode(&task)).await
         }))
         .await;
@@ -174,6 +213,7 @@ impl ScanStage {
                 return Ok(Settle::Ack);
             }
             let unsettled = self.state.unsettled_items(job_id).await?;
+            let unsettled: Vec<(String, Option<String>)> = unsettled.into_iter().map(|path| (path, None)).collect();
             for chunk in unsettled.chunks(SCAN_GROUP) {
                 self.publish_tasks(request, chunk, delivery).await?;
             }
@@ -192,19 +232,28 @@ impl ScanStage {
         let root = PathBuf::from(&request.directory_path);
         let policy = self.symlinks;
         let roots = self.ingest_roots.clone();
-        let walker = tokio::task::spawn_blocking(move || match Walk::within(&root, policy, &roots) {
-            Err(e) => {
-                let _ = sender.blocking_send(Err(e));
-            }
-            Ok(walk) => {
-                for item in walk {
-                    // The receiver is gone when publishing failed: stop walking.
-                    if sender.blocking_send(Ok(item)).is_err() {
-                        return;
+        // Roots of buckets only: no directory is allowed (an empty list would allow any).
+        let no_directory = self.bucket_roots.is_some() && roots.is_empty();
+        let walker = match Source::parse(&request.directory_path) {
+            Ok(Source::Bucket(prefix)) => self.start_listing(prefix, sender),
+            _ => tokio::task::spawn_blocking(move || match Walk::within(&root, policy, &roots) {
+                _ if no_directory => {
+                    let path = root.display().to_string();
+                    let _ = sender.blocking_send(Err(ScanError::OutsideRoots { path, roots: "no directory".into() }));
+                }
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(e));
+                }
+                Ok(walk) => {
+                    for item in walk {
+                        // The receiver is gone when publishing failed: stop walking.
+                        if sender.blocking_send(Ok(item)).is_err() {
+                            return;
+                        }
                     }
                 }
-            }
-        });
+            }),
+        };
         let mut summary = ScanSummary::default();
         let mut last_heartbeat = std::time::Instant::now();
         // Items are handled in groups of what the walk has ready (up to SCAN_GROUP): the
@@ -234,6 +283,8 @@ impl ScanStage {
             let mut candidates: Vec<(String, Option<String>)> = Vec::new();
             for item in group {
                 match item {
+                    // The bucket's server is away: the request is retried, and resumes.
+                    Err(ScanError::Listing { source: source @ ObjectError::Unavailable(_), .. }) => return Err(source.into()),
                     Err(e) => {
                         // The directory itself cannot be walked: the job fails, retrying will not help.
                         let reason = e.to_string();
@@ -242,6 +293,7 @@ impl ScanStage {
                         return Ok(Settle::Ack);
                     }
                     Ok(WalkItem::Candidate(path)) => candidates.push((path.to_string_lossy().into_owned(), None)),
+                    Ok(WalkItem::Listed { path, marker }) => candidates.push((path, Some(marker))),
                     Ok(WalkItem::Skipped { path, reason }) => {
                         summary.skipped += 1;
                         if summary.skipped <= MAX_SKIP_LOG_LINES {
@@ -303,21 +355,24 @@ impl ScanStage {
             collection: request.collection.clone(),
             prefix,
             keep_orphans: request.keep_orphans,
+            attempt: 0,
         };
         self.queue.publish(Stream::Encoded, &format!("sweep:{job_id}:{}", request.resumes), messages::encode(&sweep)).await?;
         info!(job_id, candidates = summary.candidates, unchanged = summary.unchanged, skipped = summary.skipped, "scan complete; sweep requested");
         Ok(Settle::Ack)
     }
 
-    /// Counts as duplicates the candidates that are the version of their path already stored
-    /// (same marker in the source index, content done in the collection) and returns the others,
-    /// whose file tasks must be published. A file that cannot be stat'ed is left to the prepare
+    /// Hands to the indexer, as duplicate notes, the candidates that are the version of their
+    /// path already stored (same marker in the source index, content done in the collection) and
+    /// returns the others, whose file tasks must be published. A file that cannot be stat'ed is left to the prepare
     /// stage, which reports why it cannot be read.
-    async fn settle_unchanged(&self, request: &ScanRequest, candidates: Vec<(String, Option<String>)>) -> Result<Vec<String>, StageError> {
+    async fn settle_unchanged(&self, request: &ScanRequest, candidates: Vec<(String, Option<String>)>) -> Result<Vec<(String, Option<String>)>, StageError> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
         let (paths, markers): (Vec<String>, Vec<Option<String>>) = candidates.into_iter().unzip();
+        // A listing's markers travel with the file tasks; a walked file's is taken when read.
+        let listed = markers.clone();
         let unknown: Vec<(usize, String)> = markers.iter().zip(&paths).enumerate().filter(|(_, (m, _))| m.is_none()).map(|(i, (_, p))| (i, p.clone())).collect();
         let mut markers = markers;
         if !unknown.is_empty() {
@@ -351,16 +406,30 @@ impl ScanStage {
         for &i in &same {
             unchanged[i] = entries[i].as_ref().is_some_and(|e| stored.contains(e.sha256.as_str()));
         }
-        let outcomes = futures::future::join_all(paths.iter().zip(&entries).zip(&unchanged).filter(|(_, u)| **u).map(|((path, entry), _)| {
+        // Unchanged files go to the indexer as duplicate notes (no file read, no hash): it counts
+        // them once it has seen their point, and a point that is gone (its collection was lost,
+        // a damaged one set aside) sends the file back to be processed like a new one.
+        let notes = futures::future::join_all(paths.iter().zip(&entries).zip(&markers).zip(&unchanged).filter(|(_, u)| **u).map(|(((path, entry), marker), _)| {
             let sha = entry.as_ref().map_or("", |e| e.sha256.as_str());
-            let outcome = ItemOutcome::Duplicate { existing_id: point_id_for(sha).to_string() };
-            async move { self.state.record_outcome(&request.job_id, path, &outcome).await }
+            let mut note = DuplicatePath::new(
+                request.job_id.clone(),
+                request.collection.clone(),
+                sha.to_owned(),
+                point_id_for(sha).to_string(),
+                path.clone(),
+                // No claim was taken: the indexer's requeue of a gone point forgets nothing, and
+                // the file's next claim names the done entry.
+                String::new(),
+            );
+            note.marker = marker.clone();
+            let id = crate::prepare::duplicate_path_id(&request.job_id, path, "");
+            async move { publish_attempt(self.queue.as_ref(), Stream::Encoded, &id, messages::encode(&note)).await }
         }))
         .await;
-        for result in outcomes {
+        for result in notes {
             result?;
         }
-        Ok(paths.into_iter().zip(unchanged).filter(|(_, u)| !u).map(|(p, _)| p).collect())
+        Ok(paths.into_iter().zip(listed).zip(unchanged).filter(|(_, u)| !u).map(|(p, _)| p).collect())
     }
 }
 

@@ -30,6 +30,9 @@ pub enum SymlinkPolicy {
 pub enum WalkItem {
     /// A file to prepare.
     Candidate(PathBuf),
+    /// An object of a bucket to prepare ([`crate::list`]): its path (`s3://bucket/key`) and the
+    /// marker of the version listed.
+    Listed { path: String, marker: String },
     /// Something left out, with why (a symlink loop, a link leaving the root, an unreadable
     /// directory).
     Skipped { path: PathBuf, reason: String },
@@ -44,6 +47,10 @@ pub enum ScanError {
     NotADirectory { path: String },
     #[error("{path} is outside this worker's ingest roots ({roots}); give the worker the API's --ingest-root")]
     OutsideRoots { path: String, roots: String },
+    #[error("{path} is in a bucket, but this worker has no object storage configured (see --s3-endpoint)")]
+    NoObjectStorage { path: String },
+    #[error("listing {prefix}: {source}")]
+    Listing { prefix: String, source: imgfleet_core::ports::ObjectError },
 }
 
 /// The walk of one directory tree, as an iterator of candidates and skips.

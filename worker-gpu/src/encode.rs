@@ -155,7 +155,11 @@ impl EncodeStage {
         for (delivery, image) in decoded {
             match image {
                 Ok(image) => items.push(Item { delivery, image }),
-                Err(e) => delivery.settle_or_warn(Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
+                // Its file is failed (the envelope still names it), so its job can end.
+                Err(e) => match messages::decode_prepared_header(&delivery.payload) {
+                    Some(header) => self.fail_and_settle(Item { delivery, image: header }, format!("undecodable prepared image: {e}")).await,
+                    None => delivery.settle_or_warn(Settle::Terminate(format!("undecodable prepared image: {e}"))).await,
+                },
             }
         }
         if !items.is_empty() {

@@ -9,10 +9,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use imgfleet_core::source::{Location, blob_key, location};
 use axum::{Json, Router};
 use imgfleet_core::domain::{ImageRecord, ListQuery};
 use imgfleet_core::filter::{FilterExpr, SortOrder, SortSpec};
+use imgfleet_core::ports::ObjectError;
+use imgfleet_core::source::{Location, blob_key, location};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -206,12 +207,7 @@ pub async fn delete_image(
 ) -> AppResult<Json<DeletedImage>> {
     let collection = app.collection_or_active(params.collection.as_deref())?;
     let id = parse_id(&id)?;
-    let record = app
-        .vectors
-        .get(collection.as_str(), &[id], false)
-        .await?
-        .pop()
-        .ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))?;
+    let record = stored_record(&app, collection.as_str(), id).await?;
     let paths = StoredOriginal::paths_of(&record.payload);
     let sha256 = record.payload.get("sha256").and_then(|v| v.as_str()).map(str::to_owned);
     // The point first: whatever fails after it heals itself (a done entry whose point is gone
@@ -234,33 +230,61 @@ pub async fn delete_image(
     Ok(Json(DeletedImage { id, collection: collection.as_str().to_owned(), sha256, paths, blob_removed }))
 }
 
-/// The uploaded original of `stored`, read whole from the blob store; `None` when the image
-/// was not uploaded (or this server has no blob store).
-async fn uploaded_original(app: &AppState, collection: &str, stored: &StoredOriginal, max_bytes: u64) -> AppResult<Option<Vec<u8>>> {
-    let Some(uploads) = &app.uploads else { return Ok(None) };
-    if !stored.paths.iter().any(|p| matches!(location(p), Location::Upload { .. })) {
+/// The original of `stored` when it is not a local file: uploaded (read from the blob store)
+/// or ingested from a bucket (read from the object storage, only inside the bucket roots, and
+/// only if it is still the stored content). `None` when one of its paths is a local file (the
+/// caller opens that); an error when no copy can be read.
+async fn remote_original(app: &AppState, collection: &str, stored: &StoredOriginal, max_bytes: u64) -> AppResult<Option<Vec<u8>>> {
+    if stored.paths.iter().any(|p| matches!(location(p), Location::File(_))) {
         return Ok(None);
     }
-    match uploads.blobs.get(&blob_key(collection, &stored.sha256), max_bytes).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(imgfleet_core::ports::ObjectError::NotFound(_)) => Ok(None),
-        Err(imgfleet_core::ports::ObjectError::TooLarge { bytes, limit, .. }) => {
-            Err(AppError::invalid(format!("the uploaded original is {bytes} bytes, over the {limit} this server reads")))
+    let too_large = |bytes: u64, limit: u64| AppError::invalid(format!("the original is {bytes} bytes, over the {limit} this server reads"));
+    let mut looked = Vec::new();
+    for path in &stored.paths {
+        let read = match location(path) {
+            Location::File(_) => continue,
+            Location::Upload { .. } => {
+                let Some(uploads) = &app.uploads else { continue };
+                uploads.blobs.get(&blob_key(collection, &stored.sha256), max_bytes).await
+            }
+            Location::Object { bucket, key } => {
+                let Some(objects) = &app.objects else { continue };
+                let inside = imgfleet_core::source::ObjectPrefix { bucket: bucket.to_owned(), prefix: key.to_owned() };
+                if app.bucket_roots.covering_bucket(&inside).is_none() {
+                    continue;
+                }
+                objects.read(bucket, key, max_bytes).await.map(|object| object.bytes)
+            }
+        };
+        looked.push(path.as_str());
+        match read {
+            Ok(bytes) if bytes.len() as u64 == stored.bytes && imgfleet_imaging::hash::sha256_hex(&bytes) == stored.sha256 => return Ok(Some(bytes)),
+            Ok(_) | Err(ObjectError::NotFound(_)) => {}
+            Err(ObjectError::TooLarge { bytes, limit, .. }) => return Err(too_large(bytes, limit)),
+            Err(e) => return Err(AppError::unavailable(format!("reading the original {path}: {e}"))),
         }
-        Err(e) => Err(AppError::unavailable(format!("reading the uploaded original: {e}"))),
     }
+    Err(if looked.is_empty() {
+        AppError::new(StatusCode::FORBIDDEN, "path_not_allowed", format!("the original ({}) is not served by this server", stored.paths.join(", ")))
+    } else {
+        AppError::not_found(format!("the original is gone or changed (looked for {})", looked.join(", ")))
+    })
+}
+
+/// The point `id` of `collection`, or 404.
+async fn stored_record(app: &AppState, collection: &str, id: Uuid) -> AppResult<ImageRecord> {
+    app.vectors
+        .get(collection, &[id], false)
+        .await?
+        .pop()
+        .ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))
 }
 
 /// The stored image `id` and what a file must be to be served as its original.
 async fn stored_original(app: &AppState, collection: Option<&str>, id: &str) -> AppResult<(Uuid, StoredOriginal, ImageRecord)> {
     let collection = app.collection_or_active(collection)?;
     let id = parse_id(id)?;
-    let record = app
-        .vectors
-        .get(collection.as_str(), &[id], false)
-        .await?
-        .pop()
-        .ok_or_else(|| AppError::not_found(format!("image {id} not found in {collection:?}")))?;
+    let record = stored_record(app, collection.as_str(), id).await?;
     let stored = StoredOriginal::from_payload(&record.payload)
         .ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "original_changed", format!("image {id} has no stored path, size and hash to check a file against")))?;
     Ok((id, stored, record))
@@ -349,7 +373,7 @@ pub async fn image_file(
     let (id, stored, record) = stored_original(&app, params.collection.as_deref(), &id).await?;
     let kind = content_type(record.payload.get("format").and_then(|v| v.as_str()));
     let collection = app.collection_or_active(params.collection.as_deref())?;
-    if let Some(bytes) = uploaded_original(&app, collection.as_str(), &stored, stored.bytes).await? {
+    if let Some(bytes) = remote_original(&app, collection.as_str(), &stored, stored.bytes).await? {
         let name = record.payload.get("filename").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         return Ok((
             [
@@ -405,7 +429,7 @@ pub async fn image_thumbnail(
     let _slot = app.thumbnail_slots.enter().await?;
     let roots = app.ingest_roots.clone();
     let max_bytes = thumbnailer.max_file_bytes();
-    let (path, bytes) = match uploaded_original(&app, collection.as_str(), &stored, max_bytes).await? {
+    let (path, bytes) = match remote_original(&app, collection.as_str(), &stored, max_bytes).await? {
         Some(bytes) => (stored.paths[0].clone(), bytes),
         None => {
             let timeout = open_timeout(stored.bytes) + open_timeout(stored.bytes);

@@ -9,10 +9,12 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use imgfleet_core::domain::{CollectionSpec, Distance, JobCounts, JobRecord, JobStatus};
+use imgfleet_core::ingest_roots::IngestRoots;
 use imgfleet_core::messages::{self, ScanRequest};
 use imgfleet_core::metrics::PIPELINE;
 use imgfleet_core::names::Stream;
 use imgfleet_core::ports::VectorError;
+use imgfleet_core::source::{ObjectPrefix, S3_SCHEME, Source};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -38,7 +40,8 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct IngestRequest {
     /// Absolute path of a directory on the server, inside one of its ingest roots
-    /// (`--ingest-root`). Walked recursively.
+    /// (`--ingest-root`), walked recursively; or a bucket prefix `s3://bucket/prefix` inside one
+    /// of its `s3://` ingest roots, listed (every key starting with the prefix).
     pub directory_path: String,
     /// Collection to fill; default: the selected one. Created (with the model's vector size)
     /// if it does not exist.
@@ -54,7 +57,7 @@ pub struct IngestAccepted {
     pub job_id: String,
     pub status: JobStatus,
     pub collection: String,
-    /// The directory as resolved (canonical).
+    /// The directory as resolved (canonical), or the bucket prefix as listed.
     pub directory_path: String,
 }
 
@@ -200,6 +203,30 @@ pub fn resolve_ingest_path(roots: &[std::path::PathBuf], requested: &str) -> App
     Ok(canonical)
 }
 
+/// Checks an `s3://bucket/prefix` ingest source: well formed, inside a bucket root. Returns the
+/// prefix to list (the root's folder when the request names the root without its `/`).
+pub fn resolve_bucket_source(roots: &IngestRoots, requested: &str) -> AppResult<ObjectPrefix> {
+    let prefix = match Source::parse(requested.trim()) {
+        Ok(Source::Bucket(prefix)) => prefix,
+        Ok(Source::Directory(_)) => return Err(AppError::invalid(format!("{requested:?} is not a bucket prefix (s3://bucket/prefix)"))),
+        Err(e) => return Err(AppError::invalid(format!("directory_path: {e}"))),
+    };
+    if roots.buckets.is_empty() {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!("{requested} is a bucket prefix, and this server has no bucket ingest root; start it with --ingest-root s3://bucket/prefix"),
+        ));
+    }
+    roots.covering_bucket(&prefix).ok_or_else(|| {
+        AppError::new(
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!("{requested} is outside the ingest roots; allowed buckets: {}", roots.shown_buckets()),
+        )
+    })
+}
+
 /// Starts ingesting a directory: `202 {job_id}`. Follow it with `GET /ingest/status/{job_id}`.
 #[utoipa::path(post, path = "/api/v1/ingest/", tag = "ingest", request_body = IngestRequest,
     responses((status = 202, body = IngestAccepted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -217,6 +244,9 @@ pub async fn start_ingest(State(app): State<AppState>, ApiJson(body): ApiJson<In
 /// The source a request names, checked against the ingest roots and resolved (a directory to
 /// its canonical path).
 pub(crate) async fn resolve_source(app: &AppState, requested: &str) -> AppResult<String> {
+    if requested.trim_start().starts_with(S3_SCHEME) {
+        return Ok(resolve_bucket_source(&app.bucket_roots, requested)?.to_string());
+    }
     let (roots, requested) = (app.ingest_roots.clone(), requested.to_owned());
     let directory = app.fs.run("checking the ingest path", FS_CALL_TIMEOUT, move || resolve_ingest_path(&roots, &requested)).await??;
     Ok(directory.to_string_lossy().into_owned())
@@ -230,7 +260,8 @@ pub(crate) async fn queue_ingest(app: &AppState, collection: &str, source: &str,
     };
     ensure_collection(app, collection).await?;
     let job_id = Uuid::new_v4().to_string();
-    let job = JobRecord::new(job_id.clone(), collection.to_owned(), source.to_owned());
+    let mut job = JobRecord::new(job_id.clone(), collection.to_owned(), source.to_owned());
+    job.keep_orphans = keep_orphans;
     app.state.create_job(&job).await?;
     let mut request = ScanRequest::new(job_id.clone(), collection.to_owned(), source.to_owned());
     request.keep_orphans = keep_orphans;
@@ -338,6 +369,19 @@ mod tests {
         job.scan_complete = scan_complete;
         job.started_at = Some("2026-01-01T00:00:00.000Z".into());
         job
+    }
+
+    #[test]
+    fn bucket_sources_must_lie_under_a_bucket_root() {
+        let roots = IngestRoots::split(&["/photos".into(), "s3://bkt/in".into()]).unwrap();
+        assert_eq!(resolve_bucket_source(&roots, "s3://bkt/in/2024").unwrap().to_string(), "s3://bkt/in/2024");
+        assert_eq!(resolve_bucket_source(&roots, "s3://bkt/in").unwrap().to_string(), "s3://bkt/in/");
+        for (requested, status) in [("s3://bkt/inbox", 403), ("s3://other/in/x", 403), ("s3://bkt", 403), ("s3://BKT/in", 422), ("s3://bkt/in/../x", 422)] {
+            let error = resolve_bucket_source(&roots, requested).unwrap_err();
+            assert_eq!(error.status.as_u16(), status, "{requested}: {}", error.message);
+        }
+        let no_buckets = IngestRoots::split(&["/photos".into()]).unwrap();
+        assert!(resolve_bucket_source(&no_buckets, "s3://bkt/in/x").unwrap_err().message.contains("no bucket ingest root"));
     }
 
     #[test]

@@ -354,8 +354,11 @@ pub async fn exists(State(app): State<AppState>, ApiJson(body): ApiJson<ExistsRe
     let ids: Vec<Uuid> = hashes.iter().map(|h| point_id_for(h)).collect();
     let mut found = HashSet::new();
     for chunk in ids.chunks(1000) {
-        for record in app.vectors.get(collection.as_str(), chunk, false).await? {
-            found.insert(record.id);
+        // A collection not made yet holds nothing (an upload makes it).
+        match app.vectors.get(collection.as_str(), chunk, false).await {
+            Ok(records) => found.extend(records.into_iter().map(|record| record.id)),
+            Err(imgfleet_core::ports::VectorError::CollectionNotFound(_)) => break,
+            Err(e) => return Err(e.into()),
         }
     }
     let (existing, missing): (Vec<_>, Vec<_>) = hashes.into_iter().partition(|h| found.contains(&point_id_for(h)));

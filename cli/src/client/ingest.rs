@@ -20,7 +20,8 @@ use super::progress::JobBar;
 #[derive(Args, Debug, Clone)]
 pub struct IngestArgs {
     /// Directory to ingest (recursively). The server reads it, so it must be a path the server
-    /// sees, inside one of its --ingest-root directories.
+    /// sees, inside one of its --ingest-root directories. Or a bucket prefix
+    /// `s3://bucket/prefix`, inside one of the server's `s3://` ingest roots.
     pub dir: PathBuf,
     /// Collection to ingest into (default: the server's selected collection).
     #[arg(long)]
@@ -43,9 +44,13 @@ pub const INTERRUPTED: i32 = 130;
 const POLL_PATIENCE: Duration = Duration::from_secs(30);
 
 pub async fn run_ingest(args: IngestArgs) -> anyhow::Result<i32> {
-    let dir = local_directory(&args.dir)?;
+    let source = match args.dir.to_str().filter(|dir| dir.starts_with(imgfleet_core::source::S3_SCHEME)) {
+        // A bucket prefix: only the server can check it.
+        Some(prefix) => prefix.to_owned(),
+        None => local_directory(&args.dir)?.to_string_lossy().into_owned(),
+    };
     let api = Api::new(&args.client)?;
-    let mut body = json!({"directory_path": dir.to_string_lossy()});
+    let mut body = json!({"directory_path": source});
     if let Some(collection) = &args.collection {
         body["collection"] = json!(collection);
     }
@@ -59,7 +64,7 @@ pub async fn run_ingest(args: IngestArgs) -> anyhow::Result<i32> {
         if args.client.json {
             println!("{accepted}");
         } else {
-            println!("{}", accepted_line(&job_id, &dir, &accepted));
+            println!("{}", accepted_line(&job_id, Path::new(&source), &accepted));
         }
     }
     if args.no_wait {

@@ -98,6 +98,8 @@ fn discover(paths: &[PathBuf], tally: &mut Tally) -> anyhow::Result<Vec<(PathBuf
                     files.push((path, name));
                 }
                 WalkItem::Skipped { path, reason } => tally.skipped.push(format!("{}: {reason}", path.display())),
+                // Only a bucket listing yields these, never a folder walk.
+                WalkItem::Listed { path, .. } => tally.skipped.push(format!("{path}: not a local file")),
             }
         }
     }

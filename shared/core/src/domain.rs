@@ -330,6 +330,10 @@ pub struct JobRecord {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The job's sweep keeps images left with no path (marked `orphaned`) instead of deleting
+    /// them; kept here so a resumed scan sweeps the same way.
+    #[serde(default)]
+    pub keep_orphans: bool,
 }
 
 impl JobRecord {
@@ -347,6 +351,7 @@ impl JobRecord {
             created_at: now_rfc3339(),
             started_at: None,
             finished_at: None,
+            keep_orphans: false,
         }
     }
 }

@@ -139,12 +139,13 @@ pub async fn fail_given_up(state: &dyn StateStore, stream: crate::names::Stream,
             Ok(task) => (task.job_id, task.path),
             Err(_) => return Ok(()),
         },
-        Stream::Prepared => match messages::decode_prepared(payload) {
-            Ok(image) => {
+        // The header is enough: the pixels may be what could not be read.
+        Stream::Prepared => match messages::decode_prepared_header(payload).or_else(|| messages::decode_prepared(payload).ok()) {
+            Some(image) => {
                 state.release(&image.collection, &image.payload.sha256, &image.claim_token).await?;
                 (image.job_id, image.payload.path)
             }
-            Err(_) => return Ok(()),
+            None => return Ok(()),
         },
         Stream::Encoded => match messages::decode_indexer_input(payload) {
             Ok(IndexerInput::Encoded(image)) => {

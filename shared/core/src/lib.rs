@@ -5,6 +5,7 @@
 
 pub mod domain;
 pub mod filter;
+pub mod ingest_roots;
 pub mod job_status;
 pub mod messages;
 pub mod metrics;

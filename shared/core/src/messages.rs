@@ -36,6 +36,12 @@ pub struct FileTask {
     /// The file's identity (see [`crate::source`]): a local path, `s3://bucket/key` or
     /// `upload://<sha256>/<name>`.
     pub path: String,
+    /// The version the listing saw (a bucket object's size and ETag, see
+    /// [`crate::source::object_marker`]): recorded with the content read, so the next sync
+    /// compares like with like (some servers list no ETag, or another one than a read gives).
+    /// `None`: the marker of the version read is recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
 }
 
 /// A decoded image, resized for each model.
@@ -114,7 +120,8 @@ impl DuplicatePath {
 /// on `Stream::Encoded` by the scan once every file task is published; the indexer removes from
 /// their images the paths under `prefix` that the job did not discover (the files vanished),
 /// deletes an image left with no path (unless `keep_orphans`), counts them as `removed`, and
-/// only then marks the job's scan complete. Message id: `sweep:{job_id}:{resumes}`.
+/// only then marks the job's scan complete. Message id: `sweep:{job_id}:{resumes}`; a sweep
+/// that waited its hold for the job's files to settle is handed on as `…:wait{attempt}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepRequest {
     pub schema_version: u32,
@@ -125,6 +132,10 @@ pub struct SweepRequest {
     /// Keep an image that has no path left (marked `orphaned: true`) instead of deleting it.
     #[serde(default)]
     pub keep_orphans: bool,
+    /// How many times it was handed on while the job's files were still settling (each hand-on
+    /// is a new message, so a long wait never uses up the queue's deliveries).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// What arrives on `Stream::Encoded`. The two shapes are told apart by their fields (an
@@ -197,7 +208,7 @@ impl ScanRequest {
 
 impl FileTask {
     pub fn new(job_id: String, collection: String, path: String) -> Self {
-        Self { schema_version: SCHEMA_VERSION, job_id, collection, path }
+        Self { schema_version: SCHEMA_VERSION, job_id, collection, path, marker: None }
     }
 }
 
@@ -322,6 +333,26 @@ pub fn encode_prepared_with(message: &PreparedImage, codec: PixelCodec) -> Vec<u
     out
 }
 
+/// What a prepared image's envelope says about its file (job, collection, payload, claim), its
+/// pixels left empty: enough to settle the file when the pixels themselves cannot be read.
+pub fn decode_prepared_header(bytes: &[u8]) -> Option<PreparedImage> {
+    let rest = bytes.strip_prefix(PREPARED_MAGIC).or_else(|| bytes.strip_prefix(PREPARED_MAGIC_V2))?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let header: PreparedHeader = serde_json::from_slice(rest.get(..u32::from_le_bytes(*len) as usize)?).ok()?;
+    Some(PreparedImage {
+        schema_version: header.schema_version,
+        job_id: header.job_id,
+        collection: header.collection,
+        payload: header.payload,
+        clip_size: header.clip_size,
+        clip_pixels: Vec::new(),
+        blip_size: header.blip_size,
+        blip_pixels: Vec::new(),
+        claim_token: header.claim_token,
+        marker: header.marker,
+    })
+}
+
 /// Reads a `PreparedImage` from its binary envelope (either version, any known codec), or
 /// from JSON (base64 pixels).
 pub fn decode_prepared(bytes: &[u8]) -> Result<PreparedImage, DecodeError> {
@@ -388,6 +419,37 @@ mod tests {
         task.schema_version = 99;
         assert!(matches!(decode::<FileTask>(&encode(&task)), Err(DecodeError::Version { found: 99, .. })));
         assert!(matches!(decode::<FileTask>(b"{"), Err(DecodeError::Malformed(_))));
+    }
+
+    /// Without captions there are no BLIP pixels: every codec carries the image whole, and an
+    /// envelope whose pixels are damaged still names its file.
+    #[test]
+    fn prepared_images_without_blip_pixels_round_trip_in_every_codec() {
+        let image = PreparedImage {
+            schema_version: SCHEMA_VERSION,
+            job_id: "j".into(),
+            collection: "c".into(),
+            payload: ImagePayload { sha256: "ab".into(), path: "/x.jpg".into(), ..ImagePayload::default() },
+            clip_size: 2,
+            clip_pixels: (0..12).collect(),
+            blip_size: 0,
+            blip_pixels: Vec::new(),
+            claim_token: "3.ab".into(),
+            marker: Some("f:1:2".into()),
+        };
+        for codec in PixelCodec::ALL {
+            let bytes = encode_prepared_with(&image, codec);
+            assert_eq!(decode_prepared(&bytes).unwrap(), image, "{codec}");
+            let mut damaged = bytes.clone();
+            let last = damaged.len() - 1;
+            damaged[last] ^= 0xff;
+            let header = decode_prepared_header(&damaged).expect("the header is whole");
+            assert_eq!((header.job_id.as_str(), header.payload.path.as_str(), header.claim_token.as_str()), ("j", "/x.jpg", "3.ab"));
+        }
+        // What a worker of the last version sent: a zstd frame of nothing for the empty plane.
+        let empty_frame = zstd::bulk::compress(&[], 3).unwrap();
+        assert_eq!(PixelCodec::Lossless.decode(&empty_frame, 0).unwrap(), Vec::<u8>::new());
+        assert!(PixelCodec::Lossless.decode(&[1, 2, 3], 0).is_err());
     }
 
     #[test]
@@ -465,7 +527,7 @@ mod tests {
             marker: Some("f:10:1500".into()),
         };
         assert_eq!(decode_indexer_input(&encode(&encoded)).unwrap(), IndexerInput::Encoded(encoded));
-        let sweep = SweepRequest { schema_version: SCHEMA_VERSION, job_id: "j".into(), collection: "c".into(), prefix: "/x/".into(), keep_orphans: false };
+        let sweep = SweepRequest { schema_version: SCHEMA_VERSION, job_id: "j".into(), collection: "c".into(), prefix: "/x/".into(), keep_orphans: false, attempt: 0 };
         assert_eq!(decode_indexer_input(&encode(&sweep)).unwrap(), IndexerInput::Sweep(sweep));
         assert!(decode_indexer_input(b"{}").is_err());
     }

@@ -33,6 +33,8 @@ impl PixelCodec {
     pub fn encode(self, pixels: &[u8], side: u32) -> Vec<u8> {
         match self {
             Self::Raw => pixels.to_vec(),
+            // No plane (no captions: no BLIP pixels): nothing to code, and nothing is sent.
+            Self::Lossless if side == 0 => Vec::new(),
             Self::Lossless => {
                 let residuals = residuals(pixels, side as usize);
                 // With a checksum: damaged pixels are refused, never taken for an image.
@@ -50,7 +52,11 @@ impl PixelCodec {
             Self::Raw => Ok(data.to_vec()),
             Self::Lossless => {
                 if expected == 0 {
-                    return if data.is_empty() { Ok(Vec::new()) } else { Err("pixels for a 0-pixel image".into()) };
+                    // Empty, or (as workers before this version sent it) a frame of nothing.
+                    return match data.is_empty() || zstd::bulk::decompress(data, 0).is_ok_and(|d| d.is_empty()) {
+                        true => Ok(Vec::new()),
+                        false => Err("pixels for a 0-pixel image".into()),
+                    };
                 }
                 // At most the expected size is ever allocated: a hostile message cannot inflate.
                 let residuals = zstd::bulk::decompress(data, expected).map_err(|e| format!("lossless pixels do not decompress: {e}"))?;

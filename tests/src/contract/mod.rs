@@ -1,6 +1,7 @@
 //! Contract suites: one per port, written once, run against every adapter of that port.
 //! An adapter's test file invokes the suite's macro with a fixture that opens the adapter.
 
+pub mod blobs;
 pub mod encoder;
 pub mod queue;
 pub mod state;

@@ -13,6 +13,8 @@ mod limits;
 mod ml_api;
 mod monitoring;
 mod nats_contracts;
+mod object_contracts;
+mod object_ingest;
 mod originals;
 mod precision;
 mod qdrant_contracts;
