@@ -11,6 +11,7 @@ pub mod originals;
 pub mod routes;
 pub mod state;
 pub mod thumbnails;
+pub mod ui;
 pub mod watches;
 
 use std::future::Future;
@@ -45,6 +46,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .nest("/api/v1", api)
         .merge(routes::health::routes())
         .merge(routes::docs::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(imgfleet_http::json_errors))

@@ -48,7 +48,7 @@ pub fn http_ok(port: u16, path: &str, headers: &[&str]) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for header in headers {
         request.push_str(header);
         request.push_str("\r\n");

@@ -16,6 +16,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/collections", get(list_collections).post(create_collection))
         .route("/collections/select", post(select_collection))
+        .route("/collections/selected", get(selected_collection))
         .route("/collections/cache/clear", post(clear_cache))
         .route("/collections/{name}", get(get_collection).delete(delete_collection))
 }
@@ -125,6 +126,12 @@ pub async fn delete_collection(State(app): State<AppState>, Path(name): Path<Str
     }
     tracing::info!(collection = %name, "collection deleted");
     Ok(Json(CollectionMessage { message: "deleted".into(), collection_name: name.to_string() }))
+}
+
+/// The collection used when a request names none.
+#[utoipa::path(get, path = "/api/v1/collections/selected", tag = "collections", responses((status = 200, body = CollectionMessage)))]
+pub async fn selected_collection(State(app): State<AppState>) -> Json<CollectionMessage> {
+    Json(CollectionMessage { message: "selected".into(), collection_name: app.active_collection().to_string() })
 }
 
 /// Makes a collection the one used when a request names none. Survives restarts.

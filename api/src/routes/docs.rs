@@ -1,7 +1,6 @@
 //! The OpenAPI document, generated from the handlers' own types, and a page that renders it.
 
 use axum::extract::State;
-use axum::response::Html;
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
@@ -14,13 +13,13 @@ use crate::state::AppState;
     info(title = "imgfleet", description = "Searchable, de-duplicated, captioned image collections."),
     paths(
         collections::list_collections, collections::create_collection, collections::get_collection,
-        collections::delete_collection, collections::select_collection, collections::clear_cache,
+        collections::delete_collection, collections::select_collection, collections::selected_collection, collections::clear_cache,
         search::search,
         images::list_images, images::get_image, images::delete_image, images::random_image, images::image_file, images::image_thumbnail,
         upload::exists,
         ingest::start_ingest, upload::upload, ingest::job_status, ingest::list_jobs, ingest::cancel_job,
         duplicates::find_duplicates,
-        workers::list_workers,
+        workers::list_workers, workers::queue_depths,
         watches::create_watch, watches::list_watches, watches::get_watch, watches::delete_watch,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -42,22 +41,5 @@ impl utoipa::Modify for ApiKeyScheme {
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/openapi.json", get(|State(app): State<AppState>| async move { Json(crate::contract::document(!app.api_keys.is_empty())) }))
-        .route("/docs", get(|| async { Html(DOCS_PAGE) }))
+        .route("/docs", get(|| async { crate::ui::docs_page() }))
 }
-
-/// Renders `/api/v1/openapi.json` with Redoc, whose script the browser loads from its CDN
-/// (the JSON document itself is served locally and works offline).
-const DOCS_PAGE: &str = r#"<!doctype html>
-<html>
-<head>
-<meta charset="utf-8">
-<title>imgfleet API</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-</head>
-<body>
-<noscript>The raw OpenAPI document is at <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</noscript>
-<redoc spec-url="/api/v1/openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script>
-</body>
-</html>
-"#;

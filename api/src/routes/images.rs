@@ -416,6 +416,7 @@ pub async fn image_thumbnail(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<ThumbnailParams>,
+    request: axum::http::HeaderMap,
 ) -> AppResult<Response> {
     let size = params.size.unwrap_or(256);
     if !(16..=MAX_THUMBNAIL_SIDE).contains(&size) {
@@ -425,6 +426,13 @@ pub async fn image_thumbnail(
         return Err(AppError::unavailable("this server renders no thumbnails"));
     };
     let (id, stored, _) = stored_original(&app, params.collection.as_deref(), &id).await?;
+    // A thumbnail depends on the content, its size and the renderer: a browser (or proxy) that
+    // holds this one revalidates without anything being read or rendered.
+    let etag = format!("\"t{}-{}-{size}\"", env!("CARGO_PKG_VERSION"), &stored.sha256[..stored.sha256.len().min(32)]);
+    let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "private, max-age=3600".to_owned())];
+    if if_none_match(&request, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
     let collection = app.collection_or_active(params.collection.as_deref())?;
     let _slot = app.thumbnail_slots.enter().await?;
     let roots = app.ingest_roots.clone();
@@ -448,9 +456,16 @@ pub async fn image_thumbnail(
         .await
         .map_err(|e| AppError::internal(e.to_string()))?
         .map_err(|e| AppError::invalid(format!("cannot make a thumbnail of {path}: {e}")))?;
-    Ok((
-        [(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "private, max-age=3600")],
-        jpeg,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "image/jpeg")], cache, jpeg).into_response())
+}
+
+/// Whether the request's `If-None-Match` lists `etag` (compared weakly, as a GET may) or is `*`.
+fn if_none_match(request: &axum::http::HeaderMap, etag: &str) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }

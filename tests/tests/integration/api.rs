@@ -387,7 +387,14 @@ async fn health_metrics_and_openapi() {
     assert!(doc["components"]["schemas"]["SearchRequest"]["properties"]["embedding"].is_object());
     let docs = client.get(server.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
-    assert!(docs.text().await.unwrap().contains("/api/v1/openapi.json"));
+    let page = docs.text().await.unwrap();
+    assert!(page.contains("spec-url=\"api/v1/openapi.json\""), "{page}");
+    // Offline: the page's script is served by this server, nothing comes from elsewhere.
+    assert!(!page.contains("https://") && !page.contains("http://"), "{page}");
+    let script = page.split("<script src=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("the page loads a script");
+    let redoc = client.get(server.url(&format!("/{script}"))).send().await.unwrap();
+    assert_eq!(redoc.status(), StatusCode::OK, "{script}");
+    assert!(redoc.bytes().await.unwrap().len() > 100_000, "Redoc itself is served");
     server.stop().await;
 }
 

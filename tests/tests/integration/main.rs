@@ -2,6 +2,7 @@
 
 mod api;
 mod blip;
+mod browser;
 mod cli;
 mod clip;
 mod cpu_stage;

@@ -96,6 +96,14 @@ async fn a_file_is_served_only_while_it_is_still_the_stored_image() {
     assert_eq!((served.status, served.body == original), (StatusCode::OK, true), "served from the copy");
     let thumb = fetch(&server, &format!("/api/v1/images/{id}/thumbnail")).await;
     assert_eq!(thumb.status, StatusCode::OK, "{}", thumb.error());
+    // Cached by content: a client holding it revalidates to a 304, nothing read or rendered.
+    let etag = thumb.headers.get("etag").and_then(|v| v.to_str().ok()).expect("a thumbnail has an ETag").to_owned();
+    assert!(thumb.headers.get("cache-control").is_some());
+    let again = Client::new().get(server.url(&format!("/api/v1/images/{id}/thumbnail"))).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers().get("etag").and_then(|v| v.to_str().ok()), Some(etag.as_str()));
+    let other_size = Client::new().get(server.url(&format!("/api/v1/images/{id}/thumbnail?size=64"))).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(other_size.status(), StatusCode::OK, "another size is another thumbnail");
 
     // The copy changes too: no file is the image; 404 with a code that says so.
     std::fs::write(&copy, b"something else entirely").unwrap();

@@ -59,8 +59,9 @@ async fn each_key_scope_opens_what_it_names_and_no_more() {
     // admin (and an unscoped key, which is admin): everything.
     assert_eq!(call(&server, Method::DELETE, "/api/v1/collections/a", Some("a-key"), None).await.0, StatusCode::OK);
     assert_eq!(call(&server, Method::POST, "/api/v1/collections/cache/clear", Some("plain-key"), None).await.0, StatusCode::OK);
-    // Probes, metrics and the API's description need no key.
-    for path in ["/healthz", "/readyz", "/metrics", "/docs", "/api/v1/openapi.json"] {
+    // Probes, metrics, the API's description and the web UI's page need no key (the UI asks
+    // for one when the API answers 401).
+    for path in ["/healthz", "/readyz", "/metrics", "/docs", "/api/v1/openapi.json", "/"] {
         assert_eq!(Client::new().get(server.url(path)).send().await.unwrap().status(), StatusCode::OK, "{path}");
     }
     let doc: Value = Client::new().get(server.url("/api/v1/openapi.json")).send().await.unwrap().json().await.unwrap();
