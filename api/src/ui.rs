@@ -192,7 +192,12 @@ fn respond(request: &HeaderMap, body: &'static [u8], content_type: &'static str,
 
 /// `If-None-Match` lists `etag` (weak or strong: a GET compares weakly) or is `*`.
 fn not_modified(request: &HeaderMap, etag: &HeaderValue) -> bool {
-    let ours = etag.to_str().unwrap_or_default();
+    etag_matches(request, etag.to_str().unwrap_or_default())
+}
+
+/// Whether the request's `If-None-Match` lists `ours` (compared weakly) or is `*`: the UI's
+/// assets and the thumbnails answer it with 304.
+pub(crate) fn etag_matches(request: &HeaderMap, ours: &str) -> bool {
     request
         .get_all(header::IF_NONE_MATCH)
         .iter()

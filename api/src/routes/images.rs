@@ -430,7 +430,7 @@ pub async fn image_thumbnail(
     // holds this one revalidates without anything being read or rendered.
     let etag = format!("\"t{}-{}-{size}\"", env!("CARGO_PKG_VERSION"), &stored.sha256[..stored.sha256.len().min(32)]);
     let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "private, max-age=3600".to_owned())];
-    if if_none_match(&request, &etag) {
+    if crate::ui::etag_matches(&request, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
     let collection = app.collection_or_active(params.collection.as_deref())?;
@@ -457,15 +457,4 @@ pub async fn image_thumbnail(
         .map_err(|e| AppError::internal(e.to_string()))?
         .map_err(|e| AppError::invalid(format!("cannot make a thumbnail of {path}: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "image/jpeg")], cache, jpeg).into_response())
-}
-
-/// Whether the request's `If-None-Match` lists `etag` (compared weakly, as a GET may) or is `*`.
-fn if_none_match(request: &axum::http::HeaderMap, etag: &str) -> bool {
-    request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }

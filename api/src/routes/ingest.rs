@@ -116,7 +116,10 @@ impl JobView {
         let finished = parse_time(job.finished_at.as_deref());
         let elapsed = started.map(|s| (finished.unwrap_or(now) - s).num_milliseconds().max(0) as f64 / 1000.0);
         let eta_seconds = match (job.status, elapsed) {
-            (JobStatus::Running, Some(elapsed)) if job.scan_complete && settled > 0 && elapsed > 0.0 => {
+            // From the files found so far: `scan_complete` comes only after the sync sweep at
+            // the very end, so waiting for it would mean no ETA at all; while the walk still
+            // finds files the estimate grows with them.
+            (JobStatus::Running, Some(elapsed)) if settled > 0 && elapsed > 0.0 && settled < job.counts.discovered => {
                 let rate = settled as f64 / elapsed;
                 Some((job.counts.discovered.saturating_sub(settled)) as f64 / rate)
             }
@@ -394,7 +397,9 @@ mod tests {
         assert_eq!(view.eta_seconds, Some(30.0));
         assert!(view.result.is_none());
         let scanning = JobView::of(record(JobStatus::Running, counts, false), now);
-        assert_eq!(scanning.eta_seconds, None, "no ETA while the total is unknown");
+        assert_eq!(scanning.eta_seconds, Some(30.0), "from the files found so far");
+        let all_settled = JobCounts { discovered: 25, processed: 20, duplicates: 3, failed: 2, ..JobCounts::default() };
+        assert_eq!(JobView::of(record(JobStatus::Running, all_settled, false), now).eta_seconds, None, "only the sweep is left");
 
         let mut done = record(JobStatus::Completed, JobCounts { discovered: 10, processed: 8, duplicates: 1, failed: 1, ..JobCounts::default() }, true);
         done.finished_at = Some("2026-01-01T00:00:05.000Z".into());

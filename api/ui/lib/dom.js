@@ -145,3 +145,26 @@ export function readAsDataUrl(file) {
     reader.readAsDataURL(file);
   });
 }
+
+/**
+ * Makes `zone` a drop target that also opens `input` on Enter or Space (it is a button to the
+ * keyboard); `onFiles` gets the dropped files.
+ */
+export function dropZone(zone, input, onFiles) {
+  zone.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') {
+      event.preventDefault();
+      input.click();
+    }
+  });
+  zone.addEventListener('dragover', (event) => {
+    event.preventDefault();
+    zone.classList.add('over');
+  });
+  zone.addEventListener('dragleave', () => zone.classList.remove('over'));
+  zone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    zone.classList.remove('over');
+    onFiles([...(event.dataTransfer?.files ?? [])]);
+  });
+}

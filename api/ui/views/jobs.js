@@ -2,7 +2,7 @@
 // every job live (polling `GET api/v1/jobs`), cancel one, read its failures; list, create and
 // switch collections.
 
-import { h, field, errorText, formatBytes, formatNumber, formatSeconds, formatTime, poll, toast } from '../lib/dom.js';
+import { h, dropZone, field, errorText, formatBytes, formatNumber, formatSeconds, formatTime, poll, toast } from '../lib/dom.js';
 import { ApiError, askForKey, deleteJson, errorOf, getJson, postJson, session, setCollection, bodyWithCollection } from '../lib/api.js';
 
 const JOBS_SHOWN = 25;
@@ -69,22 +69,7 @@ function uploadSection(refresh) {
     { testid: 'upload-drop', tabindex: '0', role: 'button', 'aria-label': 'Upload images: drop files here, or press Enter to pick files' },
     h('span', null, 'Drop images here, or ', h('label.link', null, 'pick files', files), ' or ', h('label.link', null, 'a folder', folder)),
   );
-  drop.addEventListener('keydown', (event) => {
-    if (event.key === 'Enter' || event.key === ' ') {
-      event.preventDefault();
-      files.click();
-    }
-  });
-  drop.addEventListener('dragover', (event) => {
-    event.preventDefault();
-    drop.classList.add('over');
-  });
-  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (event) => {
-    event.preventDefault();
-    drop.classList.remove('over');
-    send([...(event.dataTransfer?.files ?? [])]);
-  });
+  dropZone(drop, files, (list) => send(list));
 
   async function send(list, input) {
     if (input) input.value = '';

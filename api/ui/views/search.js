@@ -1,7 +1,7 @@
 // Search: words (CLIP's text tower), an image dropped, pasted or picked (CLIP's image tower), or
 // "more like this" of a stored image; filters shared with the gallery; a score cut-off.
 
-import { h, debounce, errorText, readAsDataUrl } from '../lib/dom.js';
+import { h, debounce, dropZone, errorText, readAsDataUrl } from '../lib/dom.js';
 import { postJson, bodyWithCollection } from '../lib/api.js';
 import { lazyImage, thumbnailPath } from '../lib/images.js';
 import { filterJson, filterPanel } from '../lib/filters.js';
@@ -64,21 +64,8 @@ export function mount(root, _args, params) {
     preview,
     h('span', null, 'Drop an image here, paste one (Ctrl+V), or ', h('label.link', null, 'pick a file', file)),
   );
-  drop.addEventListener('keydown', (event) => {
-    if (event.key === 'Enter' || event.key === ' ') {
-      event.preventDefault();
-      file.click();
-    }
-  });
-  drop.addEventListener('dragover', (event) => {
-    event.preventDefault();
-    drop.classList.add('over');
-  });
-  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
-  drop.addEventListener('drop', (event) => {
-    event.preventDefault();
-    drop.classList.remove('over');
-    const image = [...(event.dataTransfer?.files ?? [])].find((f) => f.type.startsWith('image/')) ?? event.dataTransfer?.files?.[0];
+  dropZone(drop, file, (list) => {
+    const image = list.find((f) => f.type.startsWith('image/')) ?? list[0];
     if (image) searchByFile(image);
   });
   const onPaste = (event) => {

@@ -293,7 +293,8 @@ async fn chaos(options: FleetOptions, plan: &[Chaos]) {
         assert_ne!(status["status"], "completed", "the ingest ended before the last blow");
         let settled: u64 = counts(&status)[1..].iter().sum();
         let held = stream_states(&fleet.nats).await.iter().find(|s| s.stream == "IMGFLEET_FILES").map_or(0, |s| s.num_ack_pending);
-        if status["scan_complete"] == true && settled * 100 >= 25 * total && held > 0 {
+        // The walk is over (every file found; `scan_complete` waits for the sync sweep at the end).
+        if counts(&status)[0] == total && settled * 100 >= 25 * total && held > 0 {
             eprintln!("chaos: last blow (kill -9 both CPU workers, holding {held} file tasks, GPU 0, indexer 0 if any) at {:?}", counts(&status));
             break;
         }

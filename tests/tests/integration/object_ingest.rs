@@ -133,6 +133,7 @@ async fn imgfleet_serve_ingests_a_bucket_prefix() {
     ingest_and_check(&serve.url(""), &bucket).await;
     originals_come_from_the_bucket(&serve.url("")).await;
     sync_follows_the_bucket(&serve.url(""), &server, &bucket).await;
+    a_watch_rescans_the_bucket(&serve.url(""), &server).await;
     // A directory is no longer allowed by default once only bucket roots are given.
     let (status, body) = post_ingest(&Client::new(), &serve.url(""), &data.path().display().to_string()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
@@ -238,6 +239,32 @@ async fn sync_follows_the_bucket(api: &str, server: &S3Server, bucket: &Bucket) 
     let gone = client.get(format!("{api}/api/v1/images/{old_id}")).send().await.unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND, "the old content had no other path: it is removed");
     assert!(image_of(format!("s3://photos/{deleted}")).await.is_none(), "the deleted object's image is gone");
+}
+
+/// A watch on a bucket prefix (no file-system notifications there) rescans it every interval:
+/// an object added after the watch began is stored within about one interval.
+async fn a_watch_rescans_the_bucket(api: &str, server: &S3Server) {
+    let client = Client::new();
+    let body = json!({"source": "s3://photos/in", "interval_seconds": 10});
+    let created = client.post(format!("{api}/api/v1/watches")).json(&body).send().await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 80).encode_image(&corpus::picture(120, 90, 5151)).unwrap();
+    // After the watch's first sync has started: this object is new to it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.put_object("photos", "in/added-later.jpg", &bytes);
+    let sha = imgfleet_imaging::hash::sha256_hex(&bytes);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let page: Value = client.get(format!("{api}/api/v1/images?per_page=500")).send().await.unwrap().json().await.unwrap();
+        if page["items"].as_array().unwrap().iter().any(|i| i["payload"]["sha256"] == Value::from(sha.clone())) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch did not pick up the new object: {page}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let watches: Value = client.get(format!("{api}/api/v1/watches")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(watches["watches"][0]["source"], "s3://photos/in/", "{watches}");
 }
 
 async fn queue_scan(queue: &Arc<MemoryQueue>, state: &Arc<dyn StateStore>, job_id: &str, source: String) {
