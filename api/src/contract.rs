@@ -126,8 +126,29 @@ fn constrain_bodies(doc: &mut Value) {
         json!({ "maxItems": MAX_EXISTS_HASHES, "items": { "type": "string", "pattern": "^[0-9A-Fa-f]{64}$" } }),
     );
     constrain(doc, "CreateWatch", "interval_seconds", integer(MIN_INTERVAL_SECS as i64, MAX_INTERVAL_SECS as i64));
-    for property in ["directory_path", "source"] {
-        constrain(doc, "CreateWatch", property, json!({ "maxLength": MAX_PATH_LEN }));
+    constrain(doc, "CreateWatch", "directory_path", json!({ "pattern": ABSOLUTE_PATH, "maxLength": MAX_PATH_LEN }));
+    // A bucket prefix (`s3://…`) is taken too where the server has bucket roots; the schema
+    // names the form every server takes.
+    constrain(doc, "CreateWatch", "source", json!({ "pattern": ABSOLUTE_PATH, "maxLength": MAX_PATH_LEN }));
+    // Exactly one of the two names the source.
+    let one_of = json!([
+        { "required": ["directory_path"], "properties": { "directory_path": { "type": "string" }, "source": { "type": "null" } } },
+        { "required": ["source"], "properties": { "source": { "type": "string" }, "directory_path": { "type": "null" } } },
+    ]);
+    schemas(doc).get_mut("CreateWatch").and_then(Value::as_object_mut).expect("CreateWatch").insert("oneOf".into(), one_of);
+    // The upload's parts: files named `file` (the optional `collection` text part must come
+    // first, which a schema cannot say; the description does).
+    let upload = json!({
+        "type": "object",
+        "required": ["file"],
+        "properties": { "file": { "type": "array", "minItems": 1, "maxItems": crate::routes::upload::MAX_FILES_PER_UPLOAD, "items": { "type": "string", "format": "binary" } } },
+        "additionalProperties": false,
+    });
+    if let Some(body) = doc.pointer_mut("/paths/~1api~1v1~1ingest~1upload/post/requestBody").and_then(Value::as_object_mut) {
+        body.insert("required".into(), Value::Bool(true));
+    }
+    if let Some(content) = doc.pointer_mut("/paths/~1api~1v1~1ingest~1upload/post/requestBody/content/multipart~1form-data").and_then(Value::as_object_mut) {
+        content.insert("schema".into(), upload);
     }
 
     replace(doc, "DuplicatesRequest", "threshold", nullable(json!({ "type": "number", "minimum": -1.0, "maximum": 1.0 })));
@@ -179,6 +200,7 @@ fn constrain_parameters(doc: &mut Value) {
     for (path, method) in [
         ("/api/v1/images", "get"),
         ("/api/v1/images/{id}", "get"),
+        ("/api/v1/images/{id}", "delete"),
         ("/api/v1/images/{id}/file", "get"),
         ("/api/v1/images/{id}/thumbnail", "get"),
         ("/api/v1/random", "get"),

@@ -33,7 +33,7 @@ use crate::state::{AppState, Uploads};
 pub const UPLOAD_SOURCE: &str = "upload://";
 
 /// Most file parts in one upload request.
-pub const MAX_FILES_PER_UPLOAD: usize = 10_000;
+pub const MAX_FILES_PER_UPLOAD: usize = 1_000;
 
 /// Longest file name kept (bytes); longer ones are cut on a character boundary.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -211,7 +211,7 @@ pub async fn upload(State(app): State<AppState>, mut multipart: Multipart) -> Ap
                 }
             };
             if job.as_ref().is_some_and(|j| j.files.len() >= MAX_FILES_PER_UPLOAD) {
-                return Err(AppError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_many_files", format!("at most {MAX_FILES_PER_UPLOAD} files per upload; send the rest in another")));
+                return Err(AppError::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many_files", format!("at most {MAX_FILES_PER_UPLOAD} files per upload; send the rest in another")));
             }
             if job.is_none() {
                 job = Some(start_job(&app, collection.as_deref()).await?);

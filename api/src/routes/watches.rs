@@ -38,6 +38,7 @@ pub struct CreateWatch {
     /// Default: the selected collection.
     pub collection: Option<String>,
     /// Seconds between rescans, 10 to 604800; default 300.
+    #[serde(default, deserialize_with = "crate::extract::integer")]
     pub interval_seconds: Option<u64>,
     /// Keep images left with no path (marked `orphaned`) instead of deleting them.
     #[serde(default)]

@@ -39,7 +39,7 @@ pub struct UploadArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
     /// Most files per upload request.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub batch_files: u32,
     /// Most bytes per upload request (a bigger file goes alone): keep a request well inside the
     /// server's --request-timeout-secs at your upload speed.
